@@ -1,0 +1,395 @@
+"""Typed presets: YAML -> validated configuration, with `--set key.path=value` overrides.
+
+Configuration flows one way: the defaults below, then the preset file, then the overrides. Every
+problem becomes a ConfigError whose message is one line naming the file and the key, so the CLI and
+the dashboard can show it as it is. This module imports neither torch nor any UI library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rrdtui.catalog import ARCHS, DATASETS, METHOD_WEIGHTS, METHODS
+
+
+class ConfigError(Exception):
+    """A preset or override the user must fix; the message is one line naming file and key."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    root: str | None = None  # where data sets live; default $RRDTUI_DATA or ./data
+    download: bool = True  # try torchvision's download when files are missing
+    num_classes: int = 10  # synthetic only
+    train_size: int = 5000  # synthetic only
+    val_size: int = 1000  # synthetic only
+    data_seed: int = 0  # synthetic only: the data set's own seed, independent of the run's seed
+    image_size: int = 32  # folder data sets and transfer probes
+    val_split: float = 0.1  # imagefolder without a val/ folder
+    probe_size: int = 256  # fixed validation images for the teacher-student similarity statistics
+    workers: int = 4  # DataLoader workers for folder data sets
+
+
+@dataclass
+class TeacherConfig:
+    arch: str | None = None
+    checkpoint: str | None = None  # a .pth file: ours or the published {"model": state_dict}
+    run: str | None = None  # a run id (or unique prefix) in the store
+    preset: str | None = None  # a teacher preset; trained first when the store has no completed run
+    expected_acc: float | None = None  # warn when the measured accuracy is more than 1 point lower
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "resnet8"  # the network this preset trains (a teacher, for method "none")
+
+
+@dataclass
+class MethodConfig:
+    name: str = "rrd"
+    gamma: float | None = None  # weight of cross-entropy; None = the method's default (RRD.md)
+    alpha: float | None = None  # weight of KD
+    beta: float | None = None  # weight of RRD or CRD
+    kd_T: float = 4.0
+    tau_s: float = 0.04  # student temperature (published 2024 code)
+    tau_t: float = 0.1  # teacher temperature (published 2024 code)
+    feat_dim: int = 128
+    queue_size: int = 16384
+    enqueue: str = "after"  # "after" (published) or "before" (2025 code): when the batch joins the queue
+    train_teacher_head: bool = False  # the authors' code leaves the teacher head untrained
+    crd_nce_t: float = 0.07
+    crd_momentum: float = 0.5
+    crd_negatives: int = 16384
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    lr_decay: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 240
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    device: str = "auto"  # auto picks CUDA when present
+    log_every: int = 50  # steps between train metric rows
+    amp: str = "auto"  # bf16 autocast on CUDA when "auto"; "bf16" or "off" to force
+    channels_last: bool = True  # on CUDA only
+    compile: bool = False  # torch.compile the student's step
+
+
+@dataclass
+class Config:
+    name: str = "unnamed"
+    description: str = ""
+    seed: int = 0
+    group: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # The paper's numbers for this teacher -> student pair (top-1 %), shown beside a run.
+    paper: dict[str, float] | None = None
+
+    @property
+    def distills(self) -> bool:
+        """True when the method needs a teacher."""
+        return self.method.name != "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of what determines the trained weights: equal hashes mean a teacher can be reused."""
+        d = self.to_dict()
+        for cosmetic in ("description", "group", "paper"):
+            d.pop(cosmetic, None)
+        for key in ("device", "log_every", "eval_batch_size"):
+            d["train"].pop(key, None)
+        d["data"].pop("workers", None)
+        d["data"].pop("root", None)
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from plain mappings, with strict keys and types.
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true/false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return value as type tp, or raise ConfigError naming the key (the caller adds the file)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+        return {str(k): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'the preset'} must be a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown key '{path}'{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, path)
+        else:
+            kwargs[key] = _coerce(value, tp, path)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Semantic validation: the same rules for the CLI and the dashboard's launch form.
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        shown = ", ".join(choices) if len(choices) <= 12 else ", ".join(choices[:12]) + ", ..."
+        raise ConfigError(f"{key}: unknown value '{value}' ({hint}choose from {shown})")
+
+
+def _check_positive(key: str, value: float | int) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError for the first problem found; fill the method's default loss weights."""
+    _check_choice("method.name", cfg.method.name, METHODS)
+    _check_choice("data.name", cfg.data.name, DATASETS)
+    _check_choice("student.arch", cfg.student.arch, ARCHS)
+    if cfg.teacher.arch is not None:
+        _check_choice("teacher.arch", cfg.teacher.arch, ARCHS)
+    _check_choice("method.enqueue", cfg.method.enqueue, ("after", "before"))
+    _check_choice("train.amp", cfg.train.amp, ("auto", "bf16", "off"))
+    device = cfg.train.device
+    if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")):
+        raise ConfigError(f"train.device: unknown value '{device}' (choose from auto, cpu, cuda, cuda:N, mps)")
+
+    for key in ("tau_s", "tau_t", "kd_T", "crd_nce_t"):
+        _check_positive(f"method.{key}", getattr(cfg.method, key))
+    for key in ("feat_dim", "queue_size", "crd_negatives"):
+        _check_positive(f"method.{key}", getattr(cfg.method, key))
+    if not 0 <= cfg.method.crd_momentum < 1:
+        raise ConfigError(f"method.crd_momentum must be in [0, 1), got {cfg.method.crd_momentum}")
+    for key in ("gamma", "alpha", "beta"):
+        value = getattr(cfg.method, key)
+        if value is None:
+            setattr(cfg.method, key, METHOD_WEIGHTS[cfg.method.name][key])
+        elif value < 0:
+            raise ConfigError(f"method.{key} must be >= 0, got {value}")
+
+    _check_positive("optim.lr", cfg.optim.lr)
+    if not 0 <= cfg.optim.momentum < 1:
+        raise ConfigError(f"optim.momentum must be in [0, 1), got {cfg.optim.momentum}")
+    if cfg.optim.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}")
+    if cfg.optim.milestones != sorted(set(cfg.optim.milestones)) or any(m <= 0 for m in cfg.optim.milestones):
+        raise ConfigError(f"optim.milestones must be increasing positive epochs, got {cfg.optim.milestones}")
+    _check_positive("optim.lr_decay", cfg.optim.lr_decay)
+
+    for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+        _check_positive(f"train.{key}", getattr(cfg.train, key))
+    for key in ("num_classes", "train_size", "val_size", "image_size", "probe_size"):
+        _check_positive(f"data.{key}", getattr(cfg.data, key))
+    if cfg.data.name == "synthetic" and cfg.data.num_classes < 2:
+        raise ConfigError(f"data.num_classes must be at least 2, got {cfg.data.num_classes}")
+    if not 0 < cfg.data.val_split < 1:
+        raise ConfigError(f"data.val_split must be between 0 and 1, got {cfg.data.val_split}")
+    if cfg.data.workers < 0:
+        raise ConfigError(f"data.workers must be >= 0, got {cfg.data.workers}")
+    if cfg.data.name == "synthetic" and cfg.method.name.startswith("rrd"):
+        if cfg.method.queue_size > cfg.data.train_size:
+            raise ConfigError(
+                f"method.queue_size ({cfg.method.queue_size}) is larger than the training set "
+                f"({cfg.data.train_size} images): lower method.queue_size"
+            )
+
+    refs = [k for k in ("checkpoint", "run", "preset") if getattr(cfg.teacher, k)]
+    if cfg.distills:
+        if len(refs) != 1:
+            raise ConfigError(
+                f"method '{cfg.method.name}' needs exactly one of teacher.checkpoint, teacher.run or "
+                f"teacher.preset (got {', '.join('teacher.' + r for r in refs) or 'none'})"
+            )
+        if cfg.teacher.checkpoint and not cfg.teacher.arch:
+            raise ConfigError("teacher.checkpoint needs teacher.arch (the architecture the file was saved from)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and overrides.
+# ---------------------------------------------------------------------------------------------
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a preset file into a mapping, turning file and syntax problems into one-line errors."""
+    if not path.exists():
+        raise ConfigError(f"{path}: preset file not found (see `rrdtui presets` for the available ones)")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a preset file")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: YAML syntax error: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a preset must be a mapping of keys, not {type(raw).__name__}")
+    return raw
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`method.tau_s=0.05` -> (["method", "tau_s"], 0.05). Values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected key.path=value, for example --set method.tau_s=0.05")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text}: the key is empty")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of raw with each `key.path=value` applied (unknown keys are caught by _build)."""
+    raw = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: '{k}' is not a section")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def default_name(path: Path) -> str:
+    return path.stem
+
+
+def from_mapping(raw: dict[str, Any], source: str, default: str = "unnamed") -> Config:
+    """Build and validate a Config from a mapping; errors are prefixed with `source`."""
+    raw = dict(raw)
+    raw.setdefault("name", default)
+    try:
+        cfg = _build(Config, raw, "")
+        validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return cfg
+
+
+def load_preset(path: str | os.PathLike[str], overrides: list[str] | None = None) -> Config:
+    """Load a preset file, apply overrides and validate. Raises ConfigError (one line)."""
+    path = Path(path)
+    raw = read_yaml(path)
+    source = str(path)
+    if overrides:
+        try:
+            raw = apply_overrides(raw, overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        source = f"{path} (with --set)"
+    cfg = from_mapping(raw, source, default=default_name(path))
+    if cfg.teacher.preset:
+        cfg.teacher.preset = str(resolve_teacher_preset(path, cfg.teacher.preset))
+    return cfg
+
+
+def resolve_teacher_preset(preset_path: Path, reference: str) -> Path:
+    """A teacher preset path is read relative to the student preset's folder, then to the cwd."""
+    candidates = [preset_path.parent / reference, Path(reference)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ConfigError(f"{preset_path}: teacher.preset '{reference}' not found (looked in {preset_path.parent} and .)")

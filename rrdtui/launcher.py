@@ -1,0 +1,204 @@
+"""Start, stop and resume trainer processes. No torch here: the trainer is a process, never an import.
+
+A launch resolves the preset's teacher first: a checkpoint file, a completed run, or a teacher preset
+whose completed run the store already holds (same configuration fingerprint). When a teacher preset
+has no completed run, the plan trains it first, as a run of its own, in the same trainer process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rrdtui.config import Config, ConfigError, load_preset
+from rrdtui.store import Store, StoreError
+
+RESUMABLE = ("stopped", "crashed", "failed")
+
+
+@dataclass
+class PlannedRun:
+    config: Config
+    preset: str
+    teacher_ref: str | None = None
+    teacher_run: str | None = None  # an existing completed run, or None
+    teacher_index: int | None = None  # position in the plan of a teacher trained first
+
+
+@dataclass
+class Plan:
+    runs: list[PlannedRun] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the CLI says before it starts
+
+
+def plan_runs(cfg: Config, preset: str, store: Store, depth: int = 0) -> Plan:
+    """Resolve cfg's teacher into a list of runs to create, teachers first. Raises ConfigError."""
+    if depth > 4:
+        raise ConfigError(f"{preset}: teacher presets nest more than 4 deep (a cycle?)")
+    plan = Plan()
+    run = PlannedRun(config=cfg, preset=preset)
+    teacher = cfg.teacher
+    if not cfg.distills:
+        plan.runs.append(run)
+        return plan
+
+    if teacher.checkpoint:
+        path = Path(teacher.checkpoint).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"{preset}: teacher.checkpoint '{teacher.checkpoint}' not found: give the path of a .pth file"
+            )
+        teacher.checkpoint = str(path.resolve())
+        run.teacher_ref = f"checkpoint:{teacher.checkpoint}"
+        plan.notes.append(f"teacher: {teacher.arch} from {teacher.checkpoint}")
+    elif teacher.run:
+        try:
+            row = store.resolve_run(teacher.run)
+        except StoreError as exc:
+            raise ConfigError(f"{preset}: teacher.run: {exc}") from None
+        if row["status"] != "completed":
+            raise ConfigError(f"{preset}: teacher.run {row['id']} is {row['status']}, not completed")
+        _adopt_arch(cfg, row["student_arch"], preset)
+        run.teacher_run = row["id"]
+        run.teacher_ref = f"run:{row['id']}"
+        plan.notes.append(f"teacher: run {row['id']} ({row['name']}, {row['student_arch']}, {_acc(row)})")
+    else:
+        teacher_cfg = load_preset(teacher.preset)
+        if teacher_cfg.data.name != cfg.data.name:
+            raise ConfigError(
+                f"{preset}: teacher.preset trains on '{teacher_cfg.data.name}' but this preset uses "
+                f"'{cfg.data.name}': use a teacher of the same data set"
+            )
+        _adopt_arch(cfg, teacher_cfg.student.arch, preset)
+        run.teacher_ref = f"preset:{teacher.preset}"
+        done = store.find_completed(teacher_cfg.fingerprint())
+        if done:
+            run.teacher_run = done["id"]
+            plan.notes.append(f"teacher: {teacher_cfg.name} reused from run {done['id']} ({_acc(done)})")
+        else:
+            sub = plan_runs(teacher_cfg, teacher.preset, store, depth + 1)
+            plan.runs.extend(sub.runs)
+            plan.notes.extend(sub.notes)
+            run.teacher_index = len(plan.runs) - 1
+            plan.notes.append(f"teacher: {teacher_cfg.name} has no completed run: training it first")
+    plan.runs.append(run)
+    return plan
+
+
+def _adopt_arch(cfg: Config, arch: str, preset: str) -> None:
+    if cfg.teacher.arch and cfg.teacher.arch != arch:
+        raise ConfigError(f"{preset}: teacher.arch is '{cfg.teacher.arch}' but the teacher it names is a '{arch}'")
+    cfg.teacher.arch = arch
+
+
+def _acc(row: dict) -> str:
+    return f"{row['best_acc']:.2f}% best val/acc" if row.get("best_acc") is not None else "no accuracy yet"
+
+
+def teacher_plan(cfg: Config, store: Store, preset: str = "preset") -> str:
+    """One line saying which teacher a preset will use (for the dashboard's launch form)."""
+    if not cfg.distills:
+        return "no teacher: plain cross-entropy training"
+    plan = plan_runs(cfg, preset, store)
+    return "; ".join(n for n in plan.notes if n.startswith("teacher"))
+
+
+def create_runs(plan: Plan, store: Store) -> list[str]:
+    """Insert the plan's rows (queued), teachers first; return their ids in training order."""
+    ids: list[str] = []
+    for run in plan.runs:
+        teacher_run = run.teacher_run
+        if run.teacher_index is not None:
+            teacher_run = ids[run.teacher_index]
+        ids.append(
+            store.create_run(
+                run.config.to_dict(),
+                preset=run.preset,
+                config_hash=run.config.fingerprint(),
+                teacher_ref=run.teacher_ref,
+                teacher_run=teacher_run,
+            )
+        )
+    return ids
+
+
+def spawn_worker(store: Store, ids: list[str], detach: bool, resume: bool = False) -> subprocess.Popen:
+    """Start the trainer process for `ids`; its output goes to the last run's train.log.
+
+    Detached, it gets its own session (no terminal, no SIGHUP, no Ctrl-C), so closing the terminal
+    or the SSH connection leaves it running. In the foreground it shares the terminal's process
+    group, so Ctrl-C reaches it and it stops cleanly with a checkpoint.
+    """
+    cmd = [sys.executable, "-m", "rrdtui.train.worker", "--runs", str(store.runs_dir.resolve())]
+    if resume:
+        cmd.append("--resume")
+    cmd.extend(ids)
+    log_path = Path(store.get_run(ids[-1])["run_dir"]) / "train.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=detach,
+            close_fds=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    # The queued rows carry the process, so a trainer that dies before starting them is noticed.
+    for run_id in ids:
+        store.update_run(run_id, pid=proc.pid, host=socket.gethostname())
+    return proc
+
+
+def launch(preset_path: str, overrides: list[str], runs_dir, detach: bool = True) -> list[str]:
+    """Plan, create and start the runs of a preset; return their ids (the student last)."""
+    cfg = load_preset(preset_path, overrides)
+    store = Store(runs_dir)
+    try:
+        plan = plan_runs(cfg, str(preset_path), store)
+        ids = create_runs(plan, store)
+        spawn_worker(store, ids, detach=detach)
+    finally:
+        store.close()
+    return ids
+
+
+def request_stop(store: Store, run_id: str) -> str:
+    """Ask a running trainer to stop cleanly: a flag in the store plus SIGTERM when it is local."""
+    row = store.resolve_run(run_id)
+    if row["status"] not in ("running", "queued"):
+        raise StoreError(f"run {row['id']} is {row['status']}, not running")
+    store.update_run(row["id"], stop_requested=1)
+    if row.get("pid") and row.get("host") == socket.gethostname():
+        try:
+            os.kill(row["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    store.event(row["id"], "info", "stop requested")
+    return row["id"]
+
+
+def resume_chain(store: Store, run_id: str) -> list[str]:
+    """The runs a resume must train, in order: an unfinished teacher of ours first, then the run."""
+    row = store.resolve_run(run_id)
+    if row["status"] not in RESUMABLE:
+        raise StoreError(f"run {row['id']} is {row['status']}: only stopped, crashed or failed runs resume")
+    chain = [row["id"]]
+    if row.get("teacher_run"):
+        teacher = store.get_run(row["teacher_run"])
+        if teacher and teacher["status"] != "completed":
+            chain = resume_chain(store, teacher["id"]) + chain
+    return chain
+
+
+def resume(store: Store, run_id: str, detach: bool = True) -> tuple[list[str], subprocess.Popen]:
+    ids = resume_chain(store, run_id)
+    for rid in ids:
+        store.update_run(rid, status="queued", stop_requested=0, error=None)
+        store.event(rid, "info", "resume requested")
+    return ids, spawn_worker(store, ids, detach=detach, resume=True)

@@ -1,0 +1,496 @@
+"""What the dashboard shows, computed from the store without any UI: run rows, formatting, the
+paper's numbers, relative improvement, configuration diffs, incremental series and log tails.
+
+Everything here runs in thread workers (each with its own Store) or in tests; nothing imports
+textual or torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from rrdtui.store import Store
+
+# The key of config.paper that holds the paper's number for a method.
+PAPER_LABELS = {"none": "student", "kd": "KD", "rrd": "RRD", "rrd+kd": "RRD+KD", "crd": "CRD", "crd+kd": "CRD+KD"}
+
+# Which way is better, for "best" values.
+HIGHER_IS_BETTER = {"val/acc", "train/acc", "teacher/val_acc", "sim/agreement", "sim/cka", "sim/relation_corr"}
+LOWER_IS_BETTER = {
+    "train/loss", "train/loss_ce", "train/loss_kd", "train/loss_rrd", "train/loss_crd", "val/loss",
+    "sim/kl", "sim/logit_corr_diff",
+}  # fmt: skip
+
+STATUS_STYLES = {
+    "queued": "dim",
+    "running": "bold green",
+    "completed": "",
+    "stopped": "yellow",
+    "crashed": "bold white on dark_red",
+    "failed": "bold red",
+    "diverged": "bold white on dark_magenta",
+}
+
+
+@contextmanager
+def open_store(runs_dir: Path) -> Iterator[Store]:
+    """A Store for the current thread only, closed afterwards (a connection is cheap)."""
+    store = Store(runs_dir)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Paper numbers
+# ---------------------------------------------------------------------------------------------
+
+
+def paper_label(method: str | None) -> str:
+    return PAPER_LABELS.get(method or "", (method or "").upper())
+
+
+def paper_number(paper: dict[str, Any] | None, method: str | None) -> float | None:
+    if not paper:
+        return None
+    value = paper.get(paper_label(method))
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def relative_improvement(acc: float | None, kd: float | None, student: float | None) -> float | None:
+    """CRD's RI = (Acc_method - Acc_KD) / (Acc_KD - Acc_student); None when it does not apply."""
+    if acc is None or kd is None or student is None or kd == student:
+        return None
+    return (acc - kd) / (kd - student)
+
+
+def paper_ri(paper: dict[str, Any] | None, method: str | None) -> float | None:
+    """The paper's relative improvement over KD for this run's method and pair."""
+    if not paper or method in ("kd", "none"):
+        return None
+    return relative_improvement(paper_number(paper, method), _num(paper.get("KD")), _num(paper.get("student")))
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------------
+
+
+def fmt_num(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if abs(value) >= 1e5 or (value != 0 and abs(value) < 10 ** -(digits + 1)):
+        return f"{value:.{digits}e}"
+    return f"{value:.{digits}f}"
+
+
+def fmt_delta(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return ""
+    return f"{value:+.{digits}f}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or seconds < 0 or math.isinf(seconds) or math.isnan(seconds):
+        return ""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, _ = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}"
+    return f"{hours // 24}d{hours % 24:02d}h"
+
+
+def fmt_time(stamp: float | None) -> str:
+    if not stamp:
+        return "-"
+    return time.strftime("%m-%d %H:%M", time.localtime(stamp))
+
+
+def fmt_value(value: Any) -> str:
+    """A configuration value, compact."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run rows (the home screen): runs columns + the `latest` table, never a scan of metrics
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: str
+    name: str
+    preset: str
+    method: str
+    teacher: str
+    student: str
+    data: str
+    status: str
+    tau_s: float | None
+    tau_t: float | None
+    epoch: int
+    epochs: int
+    step: int
+    total_steps: int
+    created: float
+    started: float | None
+    ended: float | None
+    best: float | None
+    last: float | None
+    paper: float | None
+    teacher_acc: float | None
+    error: str
+
+    @property
+    def group(self) -> str:
+        return self.preset or "(no preset)"
+
+    def fraction(self) -> float:
+        if self.total_steps:
+            return min(1.0, self.step / self.total_steps)
+        if self.epochs:
+            return min(1.0, self.epoch / self.epochs)
+        return 0.0
+
+    def time_left(self, now: float) -> float | None:
+        if self.status != "running" or not self.started:
+            return None
+        frac = self.fraction()
+        if frac <= 0:
+            return None
+        return (now - self.started) * (1 - frac) / frac
+
+    def progress_text(self, now: float) -> str:
+        text = f"{self.epoch}/{self.epochs}"
+        left = fmt_duration(self.time_left(now))
+        return f"{text} {left}" if left else text
+
+    def search_text(self) -> str:
+        return " ".join(
+            (self.id, self.name, self.preset, self.method, self.teacher, self.student, self.data, self.status,
+             pair_text(self))
+        ).lower()
+
+
+def _preset_name(preset: str | None) -> str:
+    if not preset:
+        return ""
+    return Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
+
+
+class RunLister:
+    """Reads the run list. Keeps the parsed bits of each run's configuration (it never changes), so a
+    refresh costs one query on runs and one on `latest`. Used from one worker at a time."""
+
+    def __init__(self) -> None:
+        self._config_bits: dict[str, tuple[float | None, float | None, dict | None]] = {}
+        self._best: dict[str, tuple[int, float | None]] = {}  # fallback when runs.best_acc is null
+
+    def _bits(self, row: dict[str, Any]) -> tuple[float | None, float | None, dict | None]:
+        bits = self._config_bits.get(row["id"])
+        if bits is None:
+            try:
+                config = json.loads(row.get("config") or "{}")
+            except ValueError:
+                config = {}
+            method = config.get("method") or {}
+            paper = config.get("paper") if isinstance(config.get("paper"), dict) else None
+            bits = (_num(method.get("tau_s")), _num(method.get("tau_t")), paper)
+            self._config_bits[row["id"]] = bits
+        return bits
+
+    def _fallback_best(self, store: Store, run_id: str, last_step: int | None) -> float | None:
+        """Best val/acc for a run whose row does not carry it: incremental, from the last seen step."""
+        if last_step is None:
+            return None
+        seen_step, best = self._best.get(run_id, (-1, None))
+        if last_step > seen_step:
+            cursor = store.db.execute(
+                "SELECT MAX(value) FROM metrics WHERE run_id = ? AND name = 'val/acc' AND step > ?",
+                [run_id, seen_step],
+            )
+            value = cursor.fetchone()[0]
+            if value is not None:
+                best = value if best is None else max(best, value)
+            self._best[run_id] = (last_step, best)
+        return best
+
+    def load(self, store: Store) -> list[RunRow]:
+        runs = store.list_runs()
+        last = {
+            run_id: (value, step)
+            for run_id, value, step in store.db.execute(
+                "SELECT run_id, value, step FROM latest WHERE name = 'val/acc'"
+            ).fetchall()
+        }
+        rows = []
+        for r in runs:
+            tau_s, tau_t, paper = self._bits(r)
+            last_value, last_step = last.get(r["id"], (None, None))
+            best = r.get("best_acc")
+            if best is None:
+                best = self._fallback_best(store, r["id"], last_step)
+            rows.append(
+                RunRow(
+                    id=r["id"],
+                    name=r.get("name") or "",
+                    preset=_preset_name(r.get("preset")) or (r.get("grp") or ""),
+                    method=r.get("method") or "",
+                    teacher=r.get("teacher_arch") or "",
+                    student=r.get("student_arch") or "",
+                    data=r.get("data") or "",
+                    status=r.get("status") or "",
+                    tau_s=tau_s,
+                    tau_t=tau_t,
+                    epoch=int(r.get("epoch") or 0),
+                    epochs=int(r.get("epochs") or 0),
+                    step=int(r.get("step") or 0),
+                    total_steps=int(r.get("total_steps") or 0),
+                    created=r.get("created") or 0.0,
+                    started=r.get("started"),
+                    ended=r.get("ended"),
+                    best=best,
+                    last=last_value,
+                    paper=paper_number(paper, r.get("method")),
+                    teacher_acc=r.get("teacher_acc"),
+                    error=(r.get("error") or "").splitlines()[0] if r.get("error") else "",
+                )
+            )
+        return rows
+
+
+def uses_tau(method: str) -> bool:
+    return method.startswith("rrd")
+
+
+def tau_text(row: RunRow) -> str:
+    if not uses_tau(row.method) or row.tau_s is None or row.tau_t is None:
+        return "-"
+    return f"{row.tau_s:g}/{row.tau_t:g}"
+
+
+def short_arch(arch: str) -> str:
+    """resnet32x4 -> r32x4 (the papers' shorthand); other names unchanged."""
+    return "r" + arch[6:] if arch.startswith("resnet") and arch[6:7].isdigit() else arch
+
+
+def pair_text(row: RunRow, short: bool = True) -> str:
+    f = short_arch if short else (lambda a: a)
+    if row.teacher:
+        return f"{f(row.teacher)}→{f(row.student)}"
+    return f(row.student)
+
+
+SORT_KEYS = ("created", "name", "status", "method", "best", "last", "progress")
+
+
+def sort_rows(rows: list[RunRow], key: str, reverse: bool) -> list[RunRow]:
+    def k(row: RunRow) -> Any:
+        if key == "created":
+            return row.created
+        if key == "name":
+            return row.name.lower()
+        if key == "status":
+            return row.status
+        if key == "method":
+            return row.method
+        if key == "best":
+            return -1e9 if row.best is None else row.best
+        if key == "last":
+            return -1e9 if row.last is None else row.last
+        if key == "progress":
+            return row.fraction()
+        return row.created
+
+    return sorted(rows, key=k, reverse=reverse)
+
+
+def filter_rows(rows: list[RunRow], text: str) -> list[RunRow]:
+    words = text.lower().split()
+    if not words:
+        return rows
+    return [r for r in rows if all(w in r.search_text() for w in words)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Series, read incrementally
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    steps: list[int]
+    epochs: list[float]
+    values: list[float]
+
+    @property
+    def last_step(self) -> int:
+        return self.steps[-1] if self.steps else -1
+
+    def extend(self, rows: list[tuple[int, float, float]]) -> None:
+        for step, epoch, value in rows:
+            self.steps.append(step)
+            self.epochs.append(epoch if epoch is not None else float("nan"))
+            self.values.append(value if value is not None else float("nan"))
+
+
+def new_series() -> Series:
+    return Series([], [], [])
+
+
+def read_increments(
+    store: Store, run_id: str, names: list[str] | None, last_steps: dict[str, int]
+) -> tuple[dict[str, list[tuple[int, float, float]]], set[str]]:
+    """New points of a run's series since `last_steps`, and the names to drop and re-read whole.
+
+    A resumed run rewrites its metrics past the checkpoint; when the newest step the store knows for a
+    series is below what was read, that series is re-read from the start (and listed in resets).
+    `names` None means every metric the run has.
+    """
+    newest = dict(store.db.execute("SELECT name, step FROM latest WHERE run_id = ?", [run_id]).fetchall())
+    wanted = sorted(newest) if names is None else [n for n in names if n in newest]
+    out: dict[str, list[tuple[int, float, float]]] = {}
+    resets: set[str] = set()
+    for name in wanted:
+        last = last_steps.get(name, -1)
+        if newest[name] is not None and newest[name] < last:
+            resets.add(name)
+            last = -1
+        elif newest[name] is not None and newest[name] == last:
+            continue
+        rows = store.series(run_id, name, after_step=last)
+        if rows or name in resets:
+            out[name] = rows
+    for name in last_steps:
+        if name not in newest and last_steps[name] >= 0:
+            resets.add(name)  # the store dropped it (truncated): forget what we had
+            out.setdefault(name, [])
+    return out, resets
+
+
+# ---------------------------------------------------------------------------------------------
+# Log tail
+# ---------------------------------------------------------------------------------------------
+
+
+class LogTail:
+    """Reads the end of a growing log file, incrementally; notices truncation."""
+
+    def __init__(self, path: Path, first_bytes: int = 32_768):
+        self.path = path
+        self.first_bytes = first_bytes
+        self.offset: int | None = None
+        self._partial = ""
+
+    def read(self) -> tuple[bool, list[str]]:
+        """(reset, new complete lines)."""
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return False, []
+        reset = False
+        if self.offset is None or size < self.offset:
+            reset = self.offset is not None
+            start = max(0, size - self.first_bytes)
+            self._partial = ""
+            skip_first = start > 0
+        else:
+            start = self.offset
+            skip_first = False
+        if size == start:
+            self.offset = size
+            return reset, []
+        with open(self.path, "rb") as fh:
+            fh.seek(start)
+            data = fh.read(min(size - start, 4 * self.first_bytes))
+        self.offset = start + len(data)
+        text = self._partial + data.decode("utf-8", errors="replace")
+        lines = text.split("\n")
+        self._partial = lines.pop()
+        if skip_first and lines:
+            lines = lines[1:]
+        return reset, [line.rstrip("\r") for line in lines]
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration diff
+# ---------------------------------------------------------------------------------------------
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(config, dict):
+        for key, value in config.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict) and value:
+                out.update(flatten(value, path))
+            else:
+                out[path] = value
+    else:
+        out[prefix] = config
+    return out
+
+
+def config_diff(configs: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """Keys whose values differ between configurations, with each one's value ('' when absent)."""
+    flats = [flatten(c or {}) for c in configs]
+    keys: list[str] = []
+    seen: set[str] = set()
+    for flat in flats:
+        for key in flat:
+            if key not in seen:
+                seen.add(key)
+                keys.append(key)
+    rows = []
+    missing = object()
+    for key in keys:
+        values = [flat.get(key, missing) for flat in flats]
+        if all(v == values[0] for v in values[1:]):
+            continue
+        rows.append((key, ["" if v is missing else fmt_value(v) for v in values]))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Compare: final and best values
+# ---------------------------------------------------------------------------------------------
+
+
+def final_and_best(store: Store, run_id: str, names: list[str]) -> dict[str, tuple[float | None, float | None]]:
+    """Per metric: (final value, best value or None when no direction applies)."""
+    latest = store.latest(run_id)
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for name in names:
+        final = latest.get(name)
+        best = None
+        if final is not None and (name in HIGHER_IS_BETTER or name in LOWER_IS_BETTER):
+            agg = "MAX" if name in HIGHER_IS_BETTER else "MIN"
+            best = store.db.execute(
+                f"SELECT {agg}(value) FROM metrics WHERE run_id = ? AND name = ?", [run_id, name]
+            ).fetchone()[0]
+        out[name] = (final, best)
+    return out

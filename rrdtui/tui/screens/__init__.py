@@ -1,0 +1,1 @@
+"""The dashboard's screens: runs (home), detail, launch, compare, help, confirm."""

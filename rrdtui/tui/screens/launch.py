@@ -1,0 +1,348 @@
+"""Launch: pick a preset, edit the fields that matter, see the teacher it will use, launch detached,
+or save the edits as a new preset. Validation is the CLI's own: the edits become `--set` overrides
+and go through `load_preset`, so every message reads exactly as `rrdtui run` prints it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Input, Label, OptionList, Select, Static
+from textual.widgets.option_list import Option
+
+from rrdtui.catalog import DATASETS, METHOD_WEIGHTS, METHODS
+from rrdtui.config import Config, ConfigError, apply_overrides, load_preset, read_yaml
+from rrdtui.tui.model import open_store
+
+# (key path, label); method.name and data.name are choices, the rest free text parsed as YAML.
+FIELDS = (
+    ("method.name", "method"), ("data.name", "data"),
+    ("method.tau_s", "tau_s"), ("method.tau_t", "tau_t"),
+    ("method.alpha", "alpha"), ("method.beta", "beta"),
+    ("method.gamma", "gamma"), ("method.kd_T", "kd_T"),
+    ("train.epochs", "epochs"), ("optim.lr", "lr"),
+    ("train.batch_size", "batch"), ("seed", "seed"),
+)  # fmt: skip
+CHOICES = {"method.name": METHODS, "data.name": DATASETS}
+WEIGHTS = ("method.alpha", "method.beta", "method.gamma")
+PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def field_id(key: str) -> str:
+    return "f-" + key.replace(".", "-")
+
+
+def _get(mapping: dict[str, Any], key: str) -> Any:
+    node: Any = mapping
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _text(value: Any) -> str:
+    """A value as the user would type it after --set (round-trips through YAML)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, e, exp = text.partition("e")
+        if e and "." not in mantissa:
+            text = f"{mantissa}.0e{exp}"
+        return text
+    return str(value)
+
+
+def list_presets(presets_dir: Path) -> list[Path]:
+    if not presets_dir.is_dir():
+        return []
+    return sorted(p for p in presets_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+class PlanReady(Message):
+    def __init__(self, seq: int, text: str):
+        super().__init__()
+        self.seq = seq
+        self.text = text
+
+
+class Launched(Message):
+    def __init__(self, ids: list[str] | None, error: str | None):
+        super().__init__()
+        self.ids = ids
+        self.error = error
+
+
+class LaunchScreen(Screen[list[str] | None]):
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("ctrl+l", "launch", "Launch"),
+        Binding("ctrl+s", "save", "Save preset"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.presets: list[Path] = []
+        self.preset: Path | None = None
+        self.raw: dict[str, Any] = {}
+        self.initial: dict[str, str] = {}
+        self.cfg: Config | None = None
+        self.error: str | None = None
+        self.plan = ""
+        self.launching = False
+        self._plan_seq = 0
+        self._plan_timer = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("[b]Launch a run[/b]  pick a preset, edit, ctrl+l to launch (detached)", id="launch-title")
+        with Horizontal(id="launch-main"):
+            yield OptionList(id="presets")
+            with Vertical(id="launch-right"):
+                yield Static(id="preset-desc")
+                with Grid(id="launch-form"):
+                    for key, label in FIELDS:
+                        yield Label(label, classes="field-label")
+                        if key in CHOICES:
+                            yield Select([(c, c) for c in CHOICES[key]], id=field_id(key), compact=True,
+                                         allow_blank=True, prompt="?")  # fmt: skip
+                        else:
+                            yield Input(id=field_id(key), compact=True)
+                yield Static(id="plan")
+                yield Static(id="verdict")
+                with Horizontal(id="launch-actions"):
+                    yield Input(placeholder="new preset name", id="save-name", compact=True)
+                    yield Button("Save (^s)", id="save", compact=True)
+                    yield Button("Launch (^l)", id="launch", variant="success", compact=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.presets = list_presets(self.app.presets_dir)
+        options = self.query_one("#presets", OptionList)
+        self._fill_options(options)
+        if self.presets:
+            options.highlighted = 0
+            options.focus()
+        else:
+            self.query_one("#preset-desc", Static).update(
+                f"[yellow]No presets in {self.app.presets_dir}[/]: add a YAML preset there (see `rrdtui presets`)."
+            )
+
+    def _fill_options(self, options: OptionList) -> None:
+        options.clear_options()
+        options.add_options([Option(p.stem, id=str(p)) for p in self.presets])
+
+    # -- preset and fields --------------------------------------------------------------------
+
+    @on(OptionList.OptionHighlighted, "#presets")
+    def _preset_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        self.load(Path(event.option.id))
+
+    @on(OptionList.OptionSelected, "#presets")
+    def _preset_selected(self, event: OptionList.OptionSelected) -> None:
+        self.query_one(f"#{field_id('method.tau_s')}", Input).focus()
+
+    def load(self, path: Path) -> None:
+        """Show a preset: its description and the values of the editable fields."""
+        self.preset = path
+        desc = self.query_one("#preset-desc", Static)
+        try:
+            self.raw = read_yaml(path)
+        except ConfigError as exc:
+            self.raw = {}
+            desc.update(Text(str(exc), style="red"))
+        else:
+            text = str(self.raw.get("description") or "(no description)").strip()
+            desc.update(Text(f"{path.name}: ", style="bold") + Text(" ".join(text.split())))
+        defaults = Config().to_dict()
+        self.initial = {}
+        for key, _ in FIELDS:
+            value = _get(self.raw, key)
+            if value is None and key not in WEIGHTS:
+                value = _get(defaults, key)
+            self.initial[key] = _text(value)
+        for key, _ in FIELDS:
+            widget = self.query_one(f"#{field_id(key)}")
+            if isinstance(widget, Select):
+                value = self.initial[key]
+                widget.value = value if value in CHOICES[key] else Select.NULL
+            else:
+                widget.value = self.initial[key]
+        self._update_weight_placeholders()
+        self.validate()
+
+    def _value(self, key: str) -> str:
+        widget = self.query_one(f"#{field_id(key)}")
+        if isinstance(widget, Select):
+            return "" if widget.is_blank() else str(widget.value)
+        return widget.value.strip()
+
+    def overrides(self) -> list[str]:
+        """The edits as `--set` overrides: only fields that differ from the preset."""
+        out = []
+        for key, _ in FIELDS:
+            text = self._value(key)
+            if text == self.initial.get(key, ""):
+                continue
+            if key in CHOICES and not text:
+                continue
+            if key in WEIGHTS and not text:
+                continue  # empty weight: the method's default
+            out.append(f"{key}={text}")
+        return out
+
+    def _update_weight_placeholders(self) -> None:
+        method = self._value("method.name")
+        weights = METHOD_WEIGHTS.get(method)
+        for key in WEIGHTS:
+            box = self.query_one(f"#{field_id(key)}", Input)
+            box.placeholder = f"default {weights[key.split('.')[1]]:g}" if weights else "method default"
+
+    @on(Input.Changed)
+    def _input_changed(self, event: Input.Changed) -> None:
+        if event.input.id and event.input.id.startswith("f-"):
+            self.validate()
+
+    @on(Select.Changed)
+    def _select_changed(self, event: Select.Changed) -> None:
+        self._update_weight_placeholders()
+        self.validate()
+
+    def validate(self) -> None:
+        """The CLI's validation of preset + overrides; shows the one-line message or the plan."""
+        verdict = self.query_one("#verdict", Static)
+        if self.preset is None:
+            return
+        overrides = self.overrides()
+        try:
+            self.cfg = load_preset(self.preset, overrides)
+        except ConfigError as exc:
+            self.cfg = None
+            self.error = str(exc)
+            verdict.update(Text(f"✗ {exc}", style="bold red"))
+            self.query_one("#plan", Static).update("")
+            self._set_buttons()
+            return
+        self.error = None
+        sets = " ".join(f"--set {o}" for o in overrides)
+        verdict.update(Text("✓ valid", style="bold green") + Text(f"  {sets}" if sets else "  (preset as is)", style="dim"))
+        self._set_buttons()
+        self._schedule_plan()
+
+    def _set_buttons(self) -> None:
+        ok = self.cfg is not None and not self.launching
+        self.query_one("#launch", Button).disabled = not ok
+        self.query_one("#save", Button).disabled = self.cfg is None
+
+    # -- teacher plan -------------------------------------------------------------------------
+
+    def _schedule_plan(self) -> None:
+        self._plan_seq += 1
+        if self._plan_timer is not None:
+            self._plan_timer.stop()
+        seq, cfg, preset = self._plan_seq, self.cfg, str(self.preset)
+        self._plan_timer = self.set_timer(0.15, lambda: self._read_plan(seq, cfg, preset, self.app.runs_dir))
+
+    @work(thread=True, exit_on_error=False, group="launch-plan")
+    def _read_plan(self, seq: int, cfg: Config, preset: str, runs_dir: Path) -> None:
+        if cfg is None:
+            return
+        try:
+            from rrdtui import launcher
+
+            with open_store(runs_dir) as store:
+                text = launcher.teacher_plan(cfg, store, preset)
+        except Exception as exc:
+            text = f"teacher: cannot tell ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        self.post_message(PlanReady(seq, text))
+
+    def on_plan_ready(self, message: PlanReady) -> None:
+        if message.seq == self._plan_seq:
+            self.plan = message.text
+            self.query_one("#plan", Static).update(Text(message.text, style="cyan"))
+
+    # -- launch and save ----------------------------------------------------------------------
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "launch":
+            self.action_launch()
+        elif event.button.id == "save":
+            self.action_save()
+
+    def action_back(self) -> None:
+        self.dismiss(None)
+
+    def action_launch(self) -> None:
+        if self.preset is None or self.launching:
+            return
+        self.validate()
+        if self.cfg is None:
+            self.notify(self.error or "fix the configuration first", severity="error")
+            return
+        self.launching = True
+        self._set_buttons()
+        self.query_one("#verdict", Static).update(Text("launching…", style="bold"))
+        self._launch(str(self.preset), self.overrides(), self.app.runs_dir)
+
+    @work(thread=True, exit_on_error=False, group="launch")
+    def _launch(self, preset: str, overrides: list[str], runs_dir: Path) -> None:
+        try:
+            from rrdtui import launcher
+
+            ids = launcher.launch(preset, overrides, runs_dir, detach=True)
+        except Exception as exc:
+            self.post_message(Launched(None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+            return
+        self.post_message(Launched(list(ids), None))
+
+    def on_launched(self, message: Launched) -> None:
+        self.launching = False
+        if message.error:
+            self.query_one("#verdict", Static).update(Text(f"✗ {message.error}", style="bold red"))
+            self._set_buttons()
+            return
+        ids = message.ids or []
+        what = f"launched {ids[-1]}" if ids else "launched"
+        if len(ids) > 1:
+            what += f" (after its teacher {', '.join(ids[:-1])})"
+        self.notify(what)
+        self.dismiss(ids)
+
+    def action_save(self) -> None:
+        if self.preset is None:
+            return
+        self.validate()
+        if self.cfg is None:
+            self.notify(self.error or "fix the configuration first", severity="error")
+            return
+        name = self.query_one("#save-name", Input).value.strip()
+        if name.endswith((".yaml", ".yml")):
+            name = name.rsplit(".", 1)[0]
+        if not PRESET_NAME.match(name):
+            self.notify("Type a preset name (letters, digits, _ . -) in the name box first.", severity="warning")
+            self.query_one("#save-name", Input).focus()
+            return
+        target = self.app.presets_dir / f"{name}.yaml"
+        if target.exists():
+            self.notify(f"{target} exists: pick another name", severity="error")
+            return
+        raw = apply_overrides(self.raw, self.overrides())
+        raw["name"] = name
+        header = f"# {name}: saved from the dashboard, based on {self.preset.name}\n"
+        target.write_text(header + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None))
+        self.notify(f"saved {target}")
+        self.presets = list_presets(self.app.presets_dir)
+        options = self.query_one("#presets", OptionList)
+        self._fill_options(options)
+        options.highlighted = self.presets.index(target) if target in self.presets else 0
