@@ -191,4 +191,4 @@ def plot_runs(
     draw(plotext, fig, width=w, color=color, smoothing=smoothing)
     text = plotext.build()
     plotext.clear_figure()
-    return text
+    return text if color else plotext.uncolorize(text)

@@ -68,13 +68,13 @@ def make_synthetic(
 ) -> InMemoryData:
     """A deterministic 3 x size x size problem where capacity matters and classes are related.
 
-    There is a small vocabulary of textures (an oriented colour grating each). A class is a *pair* of
-    vocabulary textures, so classes that share a texture are similar: the structure a teacher's soft
-    labels and relations carry and distillation transfers. An image shows its class's two textures in
-    random soft windows at random phases, one or two distractor textures from the vocabulary at a
-    lower but overlapping amplitude, and pixel noise. Telling the class apart means finding which
-    textures are there and which are strongest: harder for a small network than for a larger one.
-    The same seed always gives the same tensors.
+    There is a small vocabulary of textures (an oriented colour grating each). A class is an
+    *ordered* pair of textures: texture A in the upper half of the image above texture B in the lower
+    half. Classes (A, B) and (B, A), and classes sharing a texture, are similar: the structure a
+    teacher's soft labels and relations carry and distillation transfers. Telling (A, B) from (B, A)
+    needs a receptive field spanning both halves, which a deeper network has and a shallow one lacks.
+    Each image also holds weaker distractor textures anywhere and pixel noise. Horizontal flips keep
+    the label (the arrangement is vertical). The same seed always gives the same tensors.
     """
     if num_classes < 2:
         raise DataError("data.num_classes must be at least 2 for the synthetic data set")
@@ -83,26 +83,29 @@ def make_synthetic(
     coords = torch.arange(size, dtype=torch.float32)
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
 
-    # The smallest vocabulary with enough distinct pairs for the classes.
-    vocab = 3
-    while vocab * (vocab - 1) // 2 < num_classes:
+    # The smallest vocabulary with enough ordered pairs for the classes; both orders of a pair are
+    # taken first, so most classes have a mirror-image twin.
+    vocab = 2
+    while vocab * (vocab - 1) < num_classes:
         vocab += 1
-    pairs = torch.combinations(torch.arange(vocab), 2)
-    pairs = pairs[torch.randperm(pairs.shape[0], generator=gen)[:num_classes]]
+    unordered = torch.combinations(torch.arange(vocab), 2)
+    unordered = unordered[torch.randperm(unordered.shape[0], generator=gen)]
+    pairs = torch.cat([unordered, unordered.flip(1)], dim=1).view(-1, 2)[:num_classes]
     freqs = 0.08 + 0.3 * torch.rand(vocab, generator=gen)
     angles = torch.rand(vocab, generator=gen) * torch.pi
     colours = torch.nn.functional.normalize(torch.rand(vocab, 3, generator=gen) * 2 - 1, dim=1)
 
-    def texture(which: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
-        """One vocabulary texture per image (N,), in a random soft window: N x 3 x H x W."""
+    def texture(which: torch.Tensor, amplitude: torch.Tensor, rows: tuple[float, float]) -> torch.Tensor:
+        """One vocabulary texture per image (N,), in a soft window centred within `rows` (fractions
+        of the height): N x 3 x H x W."""
         n = which.shape[0]
         phase = torch.rand(n, generator=gen) * 2 * torch.pi
         angle = angles[which] + 0.15 * torch.randn(n, generator=gen)
         u = xx[None] * torch.cos(angle)[:, None, None] + yy[None] * torch.sin(angle)[:, None, None]
         wave = torch.sin(2 * torch.pi * freqs[which][:, None, None] * u + phase[:, None, None])
         cx = torch.rand(n, generator=gen) * size
-        cy = torch.rand(n, generator=gen) * size
-        radius = size * (0.2 + 0.25 * torch.rand(n, generator=gen))
+        cy = (rows[0] + (rows[1] - rows[0]) * torch.rand(n, generator=gen)) * size
+        radius = size * (0.15 + 0.1 * torch.rand(n, generator=gen))
         dist2 = (xx[None] - cx[:, None, None]) ** 2 + (yy[None] - cy[:, None, None]) ** 2
         window = torch.exp(-dist2 / (2 * radius[:, None, None] ** 2))
         return (amplitude[:, None, None] * wave * window)[:, None] * colours[which][:, :, None, None]
@@ -110,23 +113,23 @@ def make_synthetic(
     def sample(count: int):
         labels = torch.randint(num_classes, (count,), generator=gen)
         images = torch.zeros(count, 3, size, size)
-        for slot in range(2):
+        for slot, rows in enumerate(((0.1, 0.4), (0.6, 0.9))):  # A above, B below
             amplitude = 0.7 + 0.6 * torch.rand(count, generator=gen)
-            images += texture(pairs[labels, slot], amplitude)
+            images += texture(pairs[labels, slot], amplitude, rows)
         for _ in range(2):
             # A distractor: any texture of the vocabulary, present in most images, weaker on average.
             which = torch.randint(vocab, (count,), generator=gen)
             present = (torch.rand(count, generator=gen) < 0.8).float()
             amplitude = present * (0.3 + 0.6 * torch.rand(count, generator=gen))
-            images += texture(which, amplitude)
-        images += 0.5 * torch.randn(count, 3, size, size, generator=gen)
+            images += texture(which, amplitude, (0.0, 1.0))
+        images += 0.8 * torch.randn(count, 3, size, size, generator=gen)
         # Map to uint8 the way a photograph is stored.
         pixels = ((images / 4.0 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         return pixels, labels
 
     train_x, train_y = sample(train_size)
     val_x, val_y = sample(val_size)
-    names = [f"tex{int(a)}+tex{int(b)}" for a, b in pairs]
+    names = [f"tex{int(a)}-over-tex{int(b)}" for a, b in pairs]
     return InMemoryData(
         name="synthetic",
         train_x=train_x,

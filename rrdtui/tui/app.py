@@ -86,7 +86,7 @@ class RRDApp(App):
         yield SystemCommand("Group by preset", "Toggle grouping of the run list by preset", runs.action_group)
         yield SystemCommand("Filter runs", "Filter the run list by text", runs.action_filter)
         yield SystemCommand("Refresh", "Read the store now", runs.action_refresh)
-        for row in runs.rows[:200]:
+        for row in runs.rows:
             yield SystemCommand(
                 f"Open {row.id} {row.name}",
                 f"{row.status} · {row.method} · {row.teacher}→{row.student}",

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
+import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from rrdtui.store import Store
+if TYPE_CHECKING:
+    from rrdtui.store import Store
 
 # The key of config.paper that holds the paper's number for a method.
 PAPER_LABELS = {"none": "student", "kd": "KD", "rrd": "RRD", "rrd+kd": "RRD+KD", "crd": "CRD", "crd+kd": "CRD+KD"}
@@ -40,7 +44,13 @@ STATUS_STYLES = {
 
 @contextmanager
 def open_store(runs_dir: Path) -> Iterator[Store]:
-    """A Store for the current thread only, closed afterwards (a connection is cheap)."""
+    """A Store for the current thread only, closed afterwards (a connection is cheap).
+
+    The store module (sqlite-utils, which pulls in numpy when it is installed) is imported here, in
+    the first worker, so the dashboard draws its first frame without waiting for it.
+    """
+    from rrdtui.store import Store
+
     store = Store(runs_dir)
     try:
         yield store
@@ -223,13 +233,13 @@ class RunLister:
             self._config_bits[row["id"]] = bits
         return bits
 
-    def _fallback_best(self, store: Store, run_id: str, last_step: int | None) -> float | None:
+    def _fallback_best(self, execute: Callable, run_id: str, last_step: int | None) -> float | None:
         """Best val/acc for a run whose row does not carry it: incremental, from the last seen step."""
         if last_step is None:
             return None
         seen_step, best = self._best.get(run_id, (-1, None))
         if last_step > seen_step:
-            cursor = store.db.execute(
+            cursor = execute(
                 "SELECT MAX(value) FROM metrics WHERE run_id = ? AND name = 'val/acc' AND step > ?",
                 [run_id, seen_step],
             )
@@ -240,12 +250,37 @@ class RunLister:
         return best
 
     def load(self, store: Store) -> list[RunRow]:
-        runs = store.list_runs()
+        """The run list through the Store (which marks dead running runs as crashed)."""
+        return self._rows(store.list_runs(), store.db.execute)
+
+    def load_quick(self, runs_dir: Path) -> list[RunRow] | None:
+        """The first read, with plain sqlite3: no store module to import (sqlite-utils pulls in numpy
+        and click, half a second on a small machine), so the list shows sooner. None when the store
+        must read instead: no database yet, an unexpected schema, or a running run that may be dead
+        (the Store decides and marks it crashed)."""
+        path = Path(runs_dir) / "rrdtui.db"
+        if not path.is_file():
+            return None
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        except sqlite3.Error:
+            return None
+        try:
+            conn.row_factory = sqlite3.Row
+            runs = [dict(r) for r in conn.execute("SELECT * FROM runs ORDER BY created DESC")]
+            if any(r.get("status") == "running" and _maybe_dead(r) for r in runs):
+                return None
+            conn.row_factory = None
+            return self._rows(runs, conn.execute)
+        except (sqlite3.Error, KeyError):
+            return None
+        finally:
+            conn.close()
+
+    def _rows(self, runs: list[dict[str, Any]], execute: Callable) -> list[RunRow]:
         last = {
             run_id: (value, step)
-            for run_id, value, step in store.db.execute(
-                "SELECT run_id, value, step FROM latest WHERE name = 'val/acc'"
-            ).fetchall()
+            for run_id, value, step in execute("SELECT run_id, value, step FROM latest WHERE name = 'val/acc'").fetchall()
         }
         rows = []
         for r in runs:
@@ -253,7 +288,7 @@ class RunLister:
             last_value, last_step = last.get(r["id"], (None, None))
             best = r.get("best_acc")
             if best is None:
-                best = self._fallback_best(store, r["id"], last_step)
+                best = self._fallback_best(execute, r["id"], last_step)
             rows.append(
                 RunRow(
                     id=r["id"],
@@ -281,6 +316,29 @@ class RunLister:
                 )
             )
         return rows
+
+
+def _maybe_dead(row: dict[str, Any], stale: float = 30.0) -> bool:
+    """Conservative: True when the Store's liveness check (45 s heartbeat, or a gone process on this
+    host) could mark this running run crashed, so the Store reads it."""
+    now = time.time()
+    beat = row.get("heartbeat") or row.get("started") or row.get("created") or now
+    if now - beat > stale:
+        return True
+    pid = row.get("pid")
+    if pid and row.get("host") == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except (OSError, IndexError):
+            return False
+    return False
 
 
 def uses_tau(method: str) -> bool:

@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Log, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Log, Static, TabbedContent, TabPane, Tabs
 
 from rrdtui.plotting import Curve, Figure, Ref
 from rrdtui.tui.model import (
@@ -312,29 +312,28 @@ class DetailScreen(Screen):
     def _draw_info(self) -> None:
         run = self.run or {}
         self._config_shown = True
-        facts = Text()
         rows = [
             ("id", run.get("id")), ("name", run.get("name")), ("status", run.get("status")),
             ("error", run.get("error")), ("preset", run.get("preset")), ("group", run.get("grp")),
             ("created", fmt_time(run.get("created"))), ("started", fmt_time(run.get("started"))),
             ("ended", fmt_time(run.get("ended"))), ("pid", f"{run.get('pid') or '-'} on {run.get('host') or '-'}"),
-            ("step", f"{run.get('step') or 0}/{run.get('total_steps') or '?'}"), ("run dir", run.get("run_dir")),
+            ("run dir", run.get("run_dir")),
         ]  # fmt: skip
-        for key, value in rows:
-            if value in (None, "", "-"):
-                continue
-            facts.append(f"{key:>8} ", style="dim")
-            facts.append(f"{value}\n", style="red" if key == "error" else "")
-        events = Text("events\n", style="bold")
+        facts = Text("\n").join(
+            Text.assemble((f"{key:>8} ", "dim"), (str(value), "red" if key == "error" else ""))
+            for key, value in rows
+            if value not in (None, "", "-")
+        )
+        events = [Text("events", style="bold")]
         for ev in self.events[-20:]:
             style = {"error": "red", "warning": "yellow"}.get(ev.get("level"), "")
-            events.append(f"  {fmt_time(ev.get('time'))} {ev.get('level', ''):7} {ev.get('message', '')}\n", style=style)
+            events.append(Text(f"  {fmt_time(ev.get('time'))} {ev.get('level', ''):7} {ev.get('message', '')}", style=style))
         if not self.events:
-            events.append("  none\n", style="dim")
-        config_text = yaml.safe_dump(self._config(), sort_keys=False, default_flow_style=None, width=76)
+            events.append(Text("  none", style="dim"))
+        config_text = yaml.safe_dump(self._config(), sort_keys=False, default_flow_style=None, width=10_000)
         syntax = Syntax(config_text.rstrip(), "yaml", theme="ansi_dark", background_color="default", word_wrap=True)
         self.query_one("#info-text", Static).update(
-            Group(facts, events, Text("\nresolved configuration", style="bold"), syntax)
+            Group(facts, Text(""), Text("\n").join(events), Text(""), Text("resolved configuration", style="bold"), syntax)
         )
 
     # -- actions ------------------------------------------------------------------------------
@@ -365,6 +364,13 @@ class DetailScreen(Screen):
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        # Where the arrows and page keys should go: the text that scrolls, or the tab bar.
+        if tab == "info":
+            self.query_one("#info", TabPane).query_one(VerticalScroll).focus()
+        elif tab == "log":
+            self.query_one(Log).focus()
+        else:
+            self.query_one(TabbedContent).query_one(Tabs).focus()
 
     def action_smooth(self) -> None:
         self.smoothing = not self.smoothing

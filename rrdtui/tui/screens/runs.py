@@ -44,6 +44,8 @@ COLUMNS = (
 HEADER_SORT = {"id": "created", "name": "name", "status": "status", "method": "method", "progress": "progress",
                "best": "best", "last": "last", "started": "created"}  # fmt: skip
 NAME_WIDTH = 16
+PAIR_WIDTH = 24
+FIRST_CHUNK = 120  # rows shown before the rest of a long first list is added (after a refresh)
 MARK = "●"
 
 
@@ -85,6 +87,7 @@ class RunsScreen(Screen):
         self.grouped = False
         self.filter_text = ""
         self.loaded = False  # the first read has been shown
+        self.complete = False  # every row of it is in the table (a long first list comes in two parts)
         self.load_count = 0
         self.error: str | None = None
         self._polling = False
@@ -92,6 +95,9 @@ class RunsScreen(Screen):
         self._cells: dict[str, tuple] = {}
         self._lister = RunLister()
         self._focus_id: str | None = None
+        self._cell_cache: dict[str, tuple[RunRow, bool, tuple]] = {}
+        self._quick_done = False  # the first read goes without the store module (see RunLister.load_quick)
+        self._generation = 0
 
     def compose(self) -> ComposeResult:
         yield Static(id="runs-title")
@@ -129,6 +135,12 @@ class RunsScreen(Screen):
     @work(thread=True, exit_on_error=False, group="runs-poll")
     def _read(self, runs_dir: Path) -> None:
         try:
+            if not self._quick_done:
+                self._quick_done = True
+                rows = self._lister.load_quick(runs_dir)
+                if rows is not None:
+                    self.post_message(RunsLoaded(rows))
+                    return
             with open_store(runs_dir) as store:
                 rows = self._lister.load(store)
         except Exception as exc:  # shown on the status line; the next poll tries again
@@ -143,6 +155,8 @@ class RunsScreen(Screen):
             self.rows = message.rows
             ids = {r.id for r in self.rows}
             self.marked = [m for m in self.marked if m in ids]
+            for gone in set(self._cell_cache) - ids:
+                del self._cell_cache[gone]
             self._render_table()
             self.loaded = True
             self.load_count += 1
@@ -152,22 +166,21 @@ class RunsScreen(Screen):
     # -- drawing ------------------------------------------------------------------------------
 
     def _cells_for(self, row: RunRow, now: float) -> tuple:
-        status = Text(row.status, style=STATUS_STYLES.get(row.status, ""))
-        best = fmt_num(row.best)
-        best_cell = Text(best, style="bold green") if row.best and row.paper and row.best >= row.paper else best
+        # Text cells, not strings: the table would parse every string as markup.
+        beats_paper = row.best is not None and row.paper is not None and row.best >= row.paper
         return (
-            MARK if row.id in self.marked else " ",
-            row.id[:8],
-            _clip(row.name, NAME_WIDTH),
-            status,
-            row.progress_text(now),
-            best_cell,
-            fmt_num(row.last),
-            fmt_num(row.paper),
-            row.method,
-            tau_text(row),
-            pair_text(row),
-            fmt_time(row.started or row.created),
+            Text(MARK if row.id in self.marked else " "),
+            Text(row.id[:8]),
+            Text(_clip(row.name, NAME_WIDTH)),
+            Text(row.status, style=STATUS_STYLES.get(row.status, "")),
+            Text(row.progress_text(now)),
+            Text(fmt_num(row.best), style="bold green" if beats_paper else ""),
+            Text(fmt_num(row.last)),
+            Text(fmt_num(row.paper)),
+            Text(row.method),
+            Text(tau_text(row)),
+            Text(_clip(pair_text(row), PAIR_WIDTH)),
+            Text(fmt_time(row.started or row.created)),
         )
 
     def visible_rows(self) -> list[RunRow]:
@@ -192,10 +205,16 @@ class RunsScreen(Screen):
                 key = f"group:{group}"
                 order.append(key)
                 n = counts[group]
-                cells[key] = ("", "", Text(f"▸ {_clip(group, NAME_WIDTH - 2)}", style="bold"),
-                              Text(f"{n} run{'s' * (n != 1)}", style="dim")) + ("",) * (len(COLUMNS) - 4)  # fmt: skip
+                cells[key] = (Text(""), Text(""), Text(f"▸ {_clip(group, NAME_WIDTH - 2)}", style="bold"),
+                              Text(f"{n} run{'s' * (n != 1)}", style="dim")) + (Text(""),) * (len(COLUMNS) - 4)  # fmt: skip
             order.append(row.id)
-            cells[row.id] = self._cells_for(row, now)
+            marked = row.id in self.marked
+            cached = self._cell_cache.get(row.id)
+            if cached is not None and cached[0] == row and cached[1] == marked and row.status != "running":
+                cells[row.id] = cached[2]  # unchanged (a running row's time left moves with the clock)
+            else:
+                cells[row.id] = self._cells_for(row, now)
+                self._cell_cache[row.id] = (row, marked, cells[row.id])
         if order == self._order:
             for key, new in cells.items():
                 old = self._cells.get(key)
@@ -203,18 +222,38 @@ class RunsScreen(Screen):
                     continue
                 for (col, _), a, b in zip(COLUMNS, old or (), new):
                     if a != b:
-                        table.update_cell(key, col, b)
+                        table.update_cell(key, col, b, update_width=True)
         else:
+            self._generation += 1
             cursor_key = self._cursor_key()
             if self._focus_id and self._focus_id in cells:
                 cursor_key, self._focus_id = self._focus_id, None
+            head, rest = order, []
+            if not self._order and cursor_key is None and len(order) > FIRST_CHUNK:
+                # A long first list: a screenful now, the rest after this frame is drawn.
+                head, rest = order[:FIRST_CHUNK], order[FIRST_CHUNK:]
             table.clear()
-            for key in order:
+            for key in head:
                 table.add_row(*cells[key], key=key)
             if cursor_key in cells:
                 table.move_cursor(row=order.index(cursor_key), animate=False)
+            self.complete = not rest
+            if rest:
+                self.call_after_refresh(self._add_rest, self._generation, rest, cells)
+                order = head
+                cells = {k: cells[k] for k in head}
         self._order = order
         self._cells = cells
+
+    def _add_rest(self, generation: int, rest: list[str], cells: dict[str, tuple]) -> None:
+        if generation != self._generation:
+            return  # a newer rebuild has drawn everything
+        table = self.query_one(DataTable)
+        for key in rest:
+            table.add_row(*cells[key], key=key)
+        self._order = self._order + rest
+        self._cells.update({k: cells[k] for k in rest})
+        self.complete = True
 
     def _cursor_key(self) -> str | None:
         table = self.query_one(DataTable)
@@ -299,10 +338,11 @@ class RunsScreen(Screen):
         else:
             self.marked.append(row.id)
         table = self.query_one(DataTable)
-        mark = MARK if row.id in self.marked else " "
+        mark = Text(MARK if row.id in self.marked else " ")
         table.update_cell(row.id, "mark", mark)
         if row.id in self._cells:
             self._cells[row.id] = (mark,) + self._cells[row.id][1:]
+            self._cell_cache[row.id] = (row, row.id in self.marked, self._cells[row.id])
         table.action_cursor_down()
         self._update_status()
 
