@@ -35,7 +35,8 @@ class DataConfig:
     num_classes: int = 10  # synthetic only
     train_size: int = 5000  # synthetic only
     val_size: int = 1000  # synthetic only
-    data_seed: int = 0  # synthetic only: the data set's own seed, independent of the run's seed
+    data_seed: int = 0  # the synthetic data's seed, and the choice of a train_limit subset
+    train_limit: int | None = None  # train on a fixed random subset of this many images (quick studies)
     image_size: int = 32  # folder data sets and transfer probes
     val_split: float = 0.1  # imagefolder without a val/ folder
     probe_size: int = 256  # fixed validation images for the teacher-student similarity statistics
@@ -268,6 +269,8 @@ def validate(cfg: Config) -> None:
         _check_positive(f"train.{key}", getattr(cfg.train, key))
     for key in ("num_classes", "train_size", "val_size", "image_size", "probe_size"):
         _check_positive(f"data.{key}", getattr(cfg.data, key))
+    if cfg.data.train_limit is not None:
+        _check_positive("data.train_limit", cfg.data.train_limit)
     if cfg.data.name == "synthetic" and cfg.data.num_classes < 2:
         raise ConfigError(f"data.num_classes must be at least 2, got {cfg.data.num_classes}")
     if not 0 < cfg.data.val_split < 1:

@@ -186,6 +186,22 @@ async def test_filter_sort_group(app):
         assert table.row_count == 7
 
 
+async def test_a_long_list_fills_in_two_parts(tmp_path, presets_dir):
+    from rrdtui.tui.bench import build_store
+
+    build_store(tmp_path / "big", n_runs=300, total_rows=20_000)
+    app = RRDApp(tmp_path / "big", presets_dir, clock=lambda: FIXED_NOW, poll_interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await runs_ready(pilot)
+        await wait_for(pilot, lambda: screen.complete)
+        assert screen.query_one(DataTable).row_count == 300 == len(screen._order)
+        await pilot.press("ctrl+end")
+        assert screen.cursor_run().id == screen._order[-1]
+        n = screen.load_count
+        await wait_for(pilot, lambda: screen.load_count > n)  # the next poll updates in place
+        assert screen.query_one(DataTable).row_count == 300
+
+
 async def test_empty_store_says_how_to_start(tmp_path, presets_dir):
     app = RRDApp(tmp_path / "empty", presets_dir, clock=lambda: FIXED_NOW)
     async with app.run_test(size=SIZE) as pilot:
@@ -224,13 +240,18 @@ async def test_detail_plots_config_log_and_incremental_reads(app, runs_dir, monk
         await pilot.press("2")
         acc = screen.query_one("#p-acc", CurvePlot).figure
         assert [r.label for r in acc.refs] == ["teacher 79.42", "paper RRD 74.48"]
+        await pilot.press("3")
+        assert [c.label for c in screen.query_one("#p-agree", CurvePlot).figure.curves] == ["agreement"]
         await pilot.press("4")
+        feat = screen.query_one("#p-feat", CurvePlot).figure
+        assert [c.label for c in feat.curves] == ["CKA", "relation corr", "|Δ class logit corr|"]
+        await pilot.press("5")
         assert "τs=0.04" in screen.query_one("#p-ent", CurvePlot).figure.title
         assert "student side is set sharper" in text_of(screen.query_one("#ent-caption"))
-        await pilot.press("5")
+        await pilot.press("6")
         info = text_of(screen.query_one("#info-text"))
         assert "tau_s: 0.04" in info and "launched rrd_r32x4_r8x4" in info
-        await pilot.press("6")
+        await pilot.press("7")
         await wait_for(pilot, lambda: screen.query_one(Log).line_count >= 31)
         assert "epoch  30/30" in screen.query_one(Log).lines[-1]
         await pilot.press("s")
@@ -291,7 +312,9 @@ async def test_detail_stop_with_confirmation(app, runs_dir):
 async def test_detail_resume_with_confirmation(app, runs_dir, monkeypatch):
     spawned = []
     # The real resume runs; only the trainer process it would start is not started here.
-    monkeypatch.setattr(launcher, "spawn_worker", lambda store, ids, detach, resume=False: spawned.append((ids, detach, resume)))
+    monkeypatch.setattr(
+        launcher, "spawn_worker", lambda store, ids, detach, resume=False: spawned.append((ids, detach, resume))
+    )
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_detail(pilot, "e0000005")
         await pilot.press("r")
@@ -503,28 +526,27 @@ async def test_help_shows_the_screens_keys(app):
         assert isinstance(app.screen, DetailScreen)
 
 
-async def test_command_palette_opens_a_run(app):
+async def test_command_palette(app):
+    from textual.command import CommandPalette
+
     async with app.run_test(size=SIZE) as pilot:
         await runs_ready(pilot)
         await pilot.press("ctrl+p")
-        await pilot.pause(0.1)
-        await pilot.press(*"Open c0000003")
-        await pilot.pause(0.3)
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.loaded)
-        assert app.screen.run_id == "c0000003"
-
-
-async def test_command_palette_launch(app):
-    async with app.run_test(size=SIZE) as pilot:
-        await runs_ready(pilot)
-        await pilot.press("ctrl+p")
-        await pilot.pause(0.1)
-        await pilot.press(*"Launch a run")
+        await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
+        await pilot.press(*"launch a")
         await pilot.pause(0.3)
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, LaunchScreen))
         assert app.screen.query_one(OptionList).option_count == 2
+        await pilot.press("escape")
+        await runs_ready(pilot)
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
+        await pilot.press(*"c0000003")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.loaded)
+        assert app.screen.run_id == "c0000003"
 
 
 def test_run_app_is_the_entry_point():

@@ -113,7 +113,11 @@ def test_detail_accuracy(snap_compare, app, size):
 
 
 def test_detail_entropy(snap_compare, app):
-    assert snap_compare(app, terminal_size=SMALL, run_before=open_detail("c0000003", "4"))
+    assert snap_compare(app, terminal_size=SMALL, run_before=open_detail("c0000003", "5"))
+
+
+def test_detail_outputs(snap_compare, app):
+    assert snap_compare(app, terminal_size=SMALL, run_before=open_detail("c0000003", "3"))
 
 
 def test_detail_crashed_loss(snap_compare, app):

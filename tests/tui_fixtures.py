@@ -91,7 +91,9 @@ def metric_rows(run_id: str, method: str, tau_s: float, tau_t: float, epochs_don
             if diverge and e == epochs_done - 1 and k >= 75:
                 total = float("nan")
             terms["train/loss"] = total
-            terms["train/acc"] = min(99.0, final * (1 - math.exp(-ep / 5)) + 8 * (1 - math.exp(-ep / 20)) + _wiggle(step))
+            terms["train/acc"] = min(
+                99.0, final * (1 - math.exp(-ep / 5)) + 8 * (1 - math.exp(-ep / 20)) + _wiggle(step)
+            )
             terms["train/lr"] = 0.05 if ep < 20 else 0.005
             terms["train/throughput"] = 2400.0 + 40 * _wiggle(step, 2.1)
             for name, value in terms.items():
@@ -106,7 +108,7 @@ def metric_rows(run_id: str, method: str, tau_s: float, tau_t: float, epochs_don
         }
         if method != "none":
             stats.update({
-                "sim/agreement": 0.85 * (1 - math.exp(-ep / 7)) + 0.01 * _wiggle(e),
+                "sim/agreement": 85 * (1 - math.exp(-ep / 7)) + _wiggle(e),  # percent, as the trainer writes it
                 "sim/kl": 2.5 * math.exp(-ep / 8) + 0.35,
                 "sim/cka": 0.9 * (1 - math.exp(-ep / 9)),
                 "sim/relation_corr": 0.8 * (1 - math.exp(-ep / 10)),
@@ -155,7 +157,9 @@ def make_store(runs_dir: Path, *, now: float = FIXED_NOW, with_logs: bool = True
             accs = [r[4] for r in rows if r[3] == "val/acc"]
             if accs and status != "running":
                 store.update_run(run_id, best_acc=max(accs))
-            store.db["events"].insert({"run_id": run_id, "time": created, "level": "info", "message": f"launched {name}"})
+            store.db["events"].insert(
+                {"run_id": run_id, "time": created, "level": "info", "message": f"launched {name}"}
+            )
             if fields.get("error"):
                 store.db["events"].insert(
                     {"run_id": run_id, "time": fields["ended"], "level": "error", "message": fields["error"]}

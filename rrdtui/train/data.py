@@ -206,7 +206,18 @@ def default_data_root() -> str:
 
 
 def load_data(cfg) -> InMemoryData | StreamingData:
-    """The data set a DataConfig names. Real data sets come from rrdtui.train.datasets.
+    """The data set a DataConfig names, cut to data.train_limit training images when it is set."""
+    data = _load(cfg)
+    if cfg.train_limit is not None and isinstance(data, InMemoryData) and cfg.train_limit < data.train_x.shape[0]:
+        # The same images for every run of the same data_seed, whatever the run's own seed.
+        gen = torch.Generator().manual_seed(cfg.data_seed)
+        keep = torch.randperm(data.train_x.shape[0], generator=gen)[: cfg.train_limit].sort().values
+        data.train_x, data.train_y = data.train_x[keep], data.train_y[keep]
+    return data
+
+
+def _load(cfg) -> InMemoryData | StreamingData:
+    """Real data sets come from rrdtui.train.datasets.
 
     Without data.root, each data set lives in its own folder under $RRDTUI_DATA (default ./data).
     """

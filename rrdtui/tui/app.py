@@ -62,16 +62,32 @@ class RRDApp(App):
             self.screen.dismiss()
             return
         sections: dict[str, list[tuple[str, str, bool]]] = {"this screen": [], "everywhere": [], "focused widget": []}
-        for active in self.active_bindings.values():
+        screen = self.screen
+        # The screen's own keys, all of them (a focused table may shadow one, e.g. enter).
+        for binding in type(screen).BINDINGS:
+            if isinstance(binding, Binding) and binding.description:
+                enabled = screen.check_action(binding.action.split("(")[0], ()) is True
+                sections["this screen"].append(
+                    (binding.key_display or self.get_key_display(binding), binding.description, enabled)
+                )
+        for key, active in self.active_bindings.items():
             binding = active.binding
-            if not binding.description:
+            if (
+                not binding.description
+                or key.startswith("super+")
+                or active.node is screen
+                and binding in type(screen).BINDINGS
+            ):
                 continue
             if isinstance(active.node, App) or binding.action.startswith("app.") or "copy" in binding.action:
                 where = "everywhere"
+            elif isinstance(active.node, Screen):
+                continue
             else:
-                where = "this screen" if isinstance(active.node, Screen) else "focused widget"
-            display = binding.key_display or self.get_key_display(binding)
-            sections[where].append((display, binding.description, active.enabled))
+                where = "focused widget"
+            sections[where].append(
+                (binding.key_display or self.get_key_display(binding), binding.description, active.enabled)
+            )
         sections["everywhere"].append(("^p", "Command palette", True))
         self.push_screen(HelpScreen(type(self.screen).__name__, sections))
 

@@ -38,6 +38,8 @@ def _status(i: int) -> str:
     if k in (2, 35, 68):
         return "crashed"
     return {3: "diverged", 4: "queued"}.get(k, "completed")
+
+
 EPOCHS = 240
 
 
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Command: `uv run python -m rrdtui.tui.bench --runs {args.runs} --rows {args.rows} --repeats {args.repeats}`",
         f"Machine: {_machine()}",
-        f"Date: {time.strftime('%Y-%m-%d')}",
+        f"Date: {time.strftime('%Y-%m-%d')}; load average at the end {os.getloadavg()[0]:.1f} (other processes share the machine)",
         f"Store: {args.runs} runs, {rows:,} metric rows, {size_mb:.0f} MB (built in {build_s:.1f} s); "
         "5% running, 3% crashed, 1% diverged, 1% queued, the rest completed.",
         "Headless (Textual `run_test`), 120x40; median (min, max) over the repeats. Refresh times run from",

@@ -201,8 +201,17 @@ class RunRow:
 
     def search_text(self) -> str:
         return " ".join(
-            (self.id, self.name, self.preset, self.method, self.teacher, self.student, self.data, self.status,
-             pair_text(self))
+            (
+                self.id,
+                self.name,
+                self.preset,
+                self.method,
+                self.teacher,
+                self.student,
+                self.data,
+                self.status,
+                pair_text(self),
+            )
         ).lower()
 
 
@@ -280,7 +289,9 @@ class RunLister:
     def _rows(self, runs: list[dict[str, Any]], execute: Callable) -> list[RunRow]:
         last = {
             run_id: (value, step)
-            for run_id, value, step in execute("SELECT run_id, value, step FROM latest WHERE name = 'val/acc'").fetchall()
+            for run_id, value, step in execute(
+                "SELECT run_id, value, step FROM latest WHERE name = 'val/acc'"
+            ).fetchall()
         }
         rows = []
         for r in runs:

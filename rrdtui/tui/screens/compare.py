@@ -239,18 +239,27 @@ class CompareScreen(Screen):
                 text = fmt_num(value, digits)
                 if delta and j > 0 and value is not None and base is not None:
                     d = round(value, digits) - round(base, digits)  # consistent with the numbers shown
-                    text = Text.assemble(text, " ", (fmt_delta(d, digits), "green" if d > 0 else "red" if d < 0 else "dim"))
+                    text = Text.assemble(
+                        text, " ", (fmt_delta(d, digits), "green" if d > 0 else "red" if d < 0 else "dim")
+                    )
                 cells.append(text)
             table.add_row(*cells)
 
         papers = [self._config(r).get("paper") for r in self.runs]
         methods = [r.get("method") or "" for r in self.runs]
         table.add_row("method", *methods)
-        table.add_row("status", *[Text(r.get("status") or "", style=STATUS_STYLES.get(r.get("status") or "", "")) for r in self.runs])
+        table.add_row(
+            "status",
+            *[Text(r.get("status") or "", style=STATUS_STYLES.get(r.get("status") or "", "")) for r in self.runs],
+        )
         taus = []
         for r, m in zip(self.runs, methods):
             cm = self._config(r).get("method") or {}
-            taus.append(f"{cm.get('tau_s'):g}/{cm.get('tau_t'):g}" if m.startswith("rrd") and cm.get("tau_s") is not None else "-")
+            taus.append(
+                f"{cm.get('tau_s'):g}/{cm.get('tau_t'):g}"
+                if m.startswith("rrd") and cm.get("tau_s") is not None
+                else "-"
+            )
         table.add_row("τs/τt", *taus)
 
         def get(run: dict, name: str, which: int) -> float | None:
@@ -273,7 +282,7 @@ class CompareScreen(Screen):
         table.add_row("RI ours (best)", *ours)
         rest = [n for n in FIRST[1:] if n in self.names] + [n for n in self.names if n not in FIRST and n not in SKIP]
         for name in rest:
-            digits = 4 if name.startswith(("sim/", "rrd/")) else 2
+            digits = 4 if name in ("sim/cka", "sim/relation_corr", "sim/logit_corr_diff") else 2
             add(name, [get(r, name, 0) for r in self.runs], digits)
             if name == "train/acc":
                 add(f"{name} best", [get(r, name, 1) for r in self.runs], digits)

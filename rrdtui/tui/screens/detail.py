@@ -43,19 +43,21 @@ PLOTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "p-loss": ("loss terms", "", ("train/loss", "train/loss_ce", "train/loss_kd", "train/loss_rrd", "train/loss_crd", "val/loss")),
     "p-lr": ("learning rate", "", ("train/lr",)),
     "p-acc": ("accuracy %", "", ("train/acc", "val/acc")),
-    "p-sim": ("teacher-student similarity", "", ("sim/agreement", "sim/cka", "sim/relation_corr")),
-    "p-kl": ("divergence", "", ("sim/kl", "sim/logit_corr_diff")),
+    "p-agree": ("top-1 agreement with the teacher %", "", ("sim/agreement",)),
+    "p-kl": ("KL(teacher || student), T=1", "", ("sim/kl",)),
+    "p-feat": ("feature similarity (probe set)", "", ("sim/cka", "sim/relation_corr", "sim/logit_corr_diff")),
     "p-ent": ("RRD entropies", "nats", ("rrd/entropy_t", "rrd/entropy_s")),
 }  # fmt: skip
 LABELS = {
     "train/loss": "total", "train/loss_ce": "CE", "train/loss_kd": "KD", "train/loss_rrd": "RRD",
     "train/loss_crd": "CRD", "val/loss": "val", "train/lr": "lr", "train/acc": "train", "val/acc": "val",
     "sim/agreement": "agreement", "sim/cka": "CKA", "sim/relation_corr": "relation corr",
-    "sim/kl": "KL(t||s)", "sim/logit_corr_diff": "|Δ logit corr|",
+    "sim/kl": "KL", "sim/logit_corr_diff": "|Δ class logit corr|",
     "rrd/entropy_t": "H(p_T) teacher", "rrd/entropy_s": "H(p_S) student",
 }  # fmt: skip
-TABS = ("loss", "acc", "sim", "ent", "info", "log")
-TAB_NAMES = {"loss": "Loss", "acc": "Accuracy", "sim": "Similarity", "ent": "Entropy", "info": "Info", "log": "Log"}
+TABS = ("loss", "acc", "out", "feat", "ent", "info", "log")
+TAB_NAMES = {"loss": "Loss", "acc": "Accuracy", "out": "Outputs", "feat": "Features", "ent": "Entropy", "info": "Info",
+             "log": "Log"}  # fmt: skip
 ACTIVE = ("running", "queued")
 RESUMABLE = ("stopped", "crashed", "failed")  # as rrdtui.launcher.resume accepts
 
@@ -117,18 +119,20 @@ class DetailScreen(Screen):
                     yield CurvePlot(id="p-lr")
             with TabPane("2 Accuracy", id="acc"):
                 yield CurvePlot(id="p-acc")
-            with TabPane("3 Similarity", id="sim"):
+            with TabPane("3 Outputs", id="out"):
                 with Horizontal():
-                    yield CurvePlot(id="p-sim")
+                    yield CurvePlot(id="p-agree")
                     yield CurvePlot(id="p-kl")
-            with TabPane("4 Entropy", id="ent"):
+            with TabPane("4 Features", id="feat"):
+                yield CurvePlot(id="p-feat")
+            with TabPane("5 Entropy", id="ent"):
                 with Vertical():
                     yield CurvePlot(id="p-ent")
                     yield Static(id="ent-caption")
-            with TabPane("5 Info", id="info"):
+            with TabPane("6 Info", id="info"):
                 with VerticalScroll():
                     yield Static(id="info-text")
-            with TabPane("6 Log", id="log"):
+            with TabPane("7 Log", id="log"):
                 yield Log(id="log-view", max_lines=5000)
         yield Footer()
 
@@ -252,7 +256,11 @@ class DetailScreen(Screen):
             if frac > 0:
                 left = (self.app.clock() - run["started"]) * (1 - frac) / frac
                 line1.append(f" · {fmt_duration(left)} left")
-        pair = f"{run.get('teacher_arch')}→{run.get('student_arch')}" if run.get("teacher_arch") else run.get("student_arch")
+        pair = (
+            f"{run.get('teacher_arch')}→{run.get('student_arch')}"
+            if run.get("teacher_arch")
+            else run.get("student_arch")
+        )
         m = config.get("method") or {}
         parts = [method, pair or "", run.get("data") or ""]
         if uses_tau(method) and m.get("tau_s") is not None:
@@ -284,7 +292,7 @@ class DetailScreen(Screen):
     def _draw_plots(self) -> None:
         config = self._config()
         method = (self.run or {}).get("method") or ""
-        for plot_id in ("p-loss", "p-lr", "p-sim", "p-kl"):
+        for plot_id in ("p-loss", "p-lr", "p-agree", "p-kl", "p-feat"):
             self.query_one(f"#{plot_id}", CurvePlot).show(self._figure(plot_id))
         acc = self._figure("p-acc")
         teacher = self._teacher_acc()
@@ -299,7 +307,9 @@ class DetailScreen(Screen):
         if uses_tau(method) and m.get("tau_s") is not None:
             tau_s, tau_t = m.get("tau_s"), m.get("tau_t")
             sharper = "student" if tau_s < tau_t else "teacher" if tau_t < tau_s else "neither"
-            self.query_one("#p-ent", CurvePlot).show(self._figure("p-ent", f"RRD entropies  τs={tau_s:g}  τt={tau_t:g}"))
+            self.query_one("#p-ent", CurvePlot).show(
+                self._figure("p-ent", f"RRD entropies  τs={tau_s:g}  τt={tau_t:g}")
+            )
             caption.update(
                 f"Entropy of the relational distributions over the queue: lower is sharper. "
                 f"τs={tau_s:g} vs τt={tau_t:g}: the {sharper} side is set sharper"
@@ -327,13 +337,17 @@ class DetailScreen(Screen):
         events = [Text("events", style="bold")]
         for ev in self.events[-20:]:
             style = {"error": "red", "warning": "yellow"}.get(ev.get("level"), "")
-            events.append(Text(f"  {fmt_time(ev.get('time'))} {ev.get('level', ''):7} {ev.get('message', '')}", style=style))
+            events.append(
+                Text(f"  {fmt_time(ev.get('time'))} {ev.get('level', ''):7} {ev.get('message', '')}", style=style)
+            )
         if not self.events:
             events.append(Text("  none", style="dim"))
         config_text = yaml.safe_dump(self._config(), sort_keys=False, default_flow_style=None, width=10_000)
         syntax = Syntax(config_text.rstrip(), "yaml", theme="ansi_dark", background_color="default", word_wrap=True)
         self.query_one("#info-text", Static).update(
-            Group(facts, Text(""), Text("\n").join(events), Text(""), Text("resolved configuration", style="bold"), syntax)
+            Group(
+                facts, Text(""), Text("\n").join(events), Text(""), Text("resolved configuration", style="bold"), syntax
+            )
         )
 
     # -- actions ------------------------------------------------------------------------------

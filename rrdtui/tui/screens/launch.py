@@ -236,7 +236,9 @@ class LaunchScreen(Screen[list[str] | None]):
             return
         self.error = None
         sets = " ".join(f"--set {o}" for o in overrides)
-        verdict.update(Text("✓ valid", style="bold green") + Text(f"  {sets}" if sets else "  (preset as is)", style="dim"))
+        verdict.update(
+            Text("✓ valid", style="bold green") + Text(f"  {sets}" if sets else "  (preset as is)", style="dim")
+        )
         self._set_buttons()
         self._schedule_plan()
 

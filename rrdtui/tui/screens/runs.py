@@ -98,6 +98,7 @@ class RunsScreen(Screen):
         self._cell_cache: dict[str, tuple[RunRow, bool, tuple]] = {}
         self._quick_done = False  # the first read goes without the store module (see RunLister.load_quick)
         self._generation = 0
+        self._rest_pending = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="runs-title")
@@ -223,6 +224,7 @@ class RunsScreen(Screen):
                 for (col, _), a, b in zip(COLUMNS, old or (), new):
                     if a != b:
                         table.update_cell(key, col, b, update_width=True)
+            self.complete = not self._rest_pending
         else:
             self._generation += 1
             cursor_key = self._cursor_key()
@@ -238,6 +240,7 @@ class RunsScreen(Screen):
             if cursor_key in cells:
                 table.move_cursor(row=order.index(cursor_key), animate=False)
             self.complete = not rest
+            self._rest_pending = bool(rest)
             if rest:
                 self.call_after_refresh(self._add_rest, self._generation, rest, cells)
                 order = head
@@ -254,6 +257,7 @@ class RunsScreen(Screen):
         self._order = self._order + rest
         self._cells.update({k: cells[k] for k in rest})
         self.complete = True
+        self._rest_pending = False
 
     def _cursor_key(self) -> str | None:
         table = self.query_one(DataTable)
