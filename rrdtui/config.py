@@ -55,6 +55,8 @@ class TeacherConfig:
 @dataclass
 class StudentConfig:
     arch: str = "resnet8"  # the network this preset trains (a teacher, for method "none")
+    init: str | None = None  # start from this checkpoint's weights (layers whose shapes match)
+    freeze: bool = False  # train the final classifier only: a linear probe (transfer evaluation)
 
 
 @dataclass

@@ -144,6 +144,23 @@ async def test_running_run_becomes_crashed_while_open(app, runs_dir):
         assert "crashed" in text_of(screen.query_one("#runs-title"))
 
 
+async def test_a_column_widens_when_a_value_grows(tmp_path, presets_dir):
+    from tests.tui_fixtures import make_config
+
+    store = Store(tmp_path / "one")
+    run_id = store.create_run(make_config("solo", "rrd"), status="queued")
+    store.close()
+    app = RRDApp(tmp_path / "one", presets_dir, clock=lambda: FIXED_NOW, poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await runs_ready(pilot)
+        store = Store(tmp_path / "one")
+        store.update_run(run_id, status="completed")
+        store.close()
+        await wait_for(pilot, lambda: cell(screen, run_id, "status") == "completed")
+        await pilot.pause()
+        assert screen.query_one(DataTable).columns["status"].content_width >= len("completed")
+
+
 async def test_polls_never_overlap(app, monkeypatch):
     async with app.run_test(size=SIZE) as pilot:
         screen = await runs_ready(pilot)

@@ -422,6 +422,11 @@ class TransformedSubset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    @property
+    def targets(self) -> list[int]:
+        """Labels without opening any image (CRD's sampler needs every sample's class)."""
+        return [self.base.samples[i][1] for i in self.indices]
+
     def __getitem__(self, i: int):
         path, target = self.base.samples[self.indices[i]]
         return self.transform(self.base.loader(path)), target

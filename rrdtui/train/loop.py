@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import platform
 import subprocess
 import time
@@ -24,9 +23,10 @@ import torch.nn.functional as F
 
 from rrdtui.config import Config
 from rrdtui.train import checkpoint
-from rrdtui.train.data import BatchAugment, DataError, InMemoryData, StreamingData, load_data
+from rrdtui.train.data import load_data
 from rrdtui.train.methods import Forward, Method, build_method
 from rrdtui.train.models import build_model
+from rrdtui.train.sources import MemorySource, StreamSource, make_source
 from rrdtui.train.stats import logit_correlation_difference, similarity_stats
 
 log = logging.getLogger("rrdtui.train")
@@ -126,60 +126,148 @@ def load_teacher(arch: str, path: str, num_classes: int, in_channels: int) -> nn
     return model
 
 
-class Batches:
-    """Shuffled index batches over an in-memory training set, resumable mid-epoch."""
+def classifier_module(model: nn.Module) -> nn.Linear:
+    """The final classifier: the last Linear layer a model registers (true for every zoo model)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1]
 
-    def __init__(self, n: int, batch_size: int, device: torch.device, generator: torch.Generator):
-        self.n = n
-        self.batch_size = batch_size
-        self.device = device
-        self.generator = generator
-        # BatchNorm cannot train on a batch of one: drop a last batch of a single sample.
-        full, rest = divmod(n, batch_size)
-        self.per_epoch = full + (1 if rest > 1 else 0)
 
-    def permutation(self) -> torch.Tensor:
-        return torch.randperm(self.n, device=self.device, generator=self.generator)
+def init_student(model: nn.Module, path: str, freeze: bool) -> None:
+    """Load a checkpoint's weights where names and shapes match (a new classifier keeps its own)."""
+    try:
+        state = checkpoint.model_state(checkpoint.load(path))
+    except checkpoint.CheckpointError as exc:
+        raise TrainError(f"student.init: {exc}") from None
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise TrainError(f"student.init: no layer of {path} fits this student: check student.arch")
+    model.load_state_dict(usable, strict=False)
+    if freeze:
+        model.requires_grad_(False)
+        classifier_module(model).requires_grad_(True)
 
-    def slice(self, perm: torch.Tensor, i: int) -> torch.Tensor:
-        return perm[i * self.batch_size : (i + 1) * self.batch_size]
+
+@dataclass
+class Setup:
+    """Everything a training step needs, built once from a configuration."""
+
+    cfg: Config
+    device: torch.device
+    source: MemorySource | StreamSource
+    student: nn.Module
+    teacher: nn.Module | None
+    method: Method
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    use_bf16: bool
+    memory_format: torch.memory_format | None
+
+    def amp(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def train_mode(self) -> None:
+        # A frozen backbone (linear probe) keeps its BatchNorm statistics: it stays in eval mode.
+        self.student.train(not self.cfg.student.freeze)
+
+
+def build(cfg: Config, teacher_path: str | None = None, data=None, device: torch.device | None = None) -> Setup:
+    """Data, models, method and optimiser for cfg (data may be given, e.g. synthetic by the benchmark)."""
+    device = device or pick_device(cfg.train.device)
+    torch.manual_seed(cfg.seed)
+    source = make_source(data if data is not None else load_data(cfg.data), device, cfg)
+    if cfg.method.name.startswith("rrd") and cfg.method.queue_size > source.n_train:
+        raise TrainError(
+            f"method.queue_size ({cfg.method.queue_size}) is larger than the training set ({source.n_train}): "
+            "lower method.queue_size"
+        )
+    if cfg.method.name.startswith("crd"):
+        largest_class = int(torch.bincount(source.train_labels).max())
+        if cfg.method.crd_negatives > source.n_train - largest_class:
+            raise TrainError(
+                f"method.crd_negatives ({cfg.method.crd_negatives}) exceeds the samples of other classes "
+                f"({source.n_train - largest_class}): lower method.crd_negatives"
+            )
+
+    student = build_model(cfg.student.arch, source.num_classes, in_channels=source.channels)
+    if cfg.student.init:
+        init_student(student, cfg.student.init, cfg.student.freeze)
+    student = student.to(device)
+    teacher = None
+    if cfg.distills:
+        if not teacher_path:
+            raise TrainError(f"method '{cfg.method.name}' needs a teacher but none was resolved")
+        teacher = load_teacher(cfg.teacher.arch, teacher_path, source.num_classes, source.channels).to(device)
+    memory_format = torch.channels_last if (device.type == "cuda" and cfg.train.channels_last) else None
+    if memory_format is not None:
+        student = student.to(memory_format=memory_format)
+        if teacher is not None:
+            teacher = teacher.to(memory_format=memory_format)
+
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    method = build_method(
+        cfg.method,
+        student.feat_dim,
+        teacher.feat_dim if teacher is not None else None,
+        source.train_labels,
+        source.num_classes,
+        torch.Generator().manual_seed(cfg.seed + 1),
+    ).to(device)
+    if hasattr(method, "generator"):
+        method.generator = generator
+    params = [p for p in list(student.parameters()) + list(method.parameters()) if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+    )
+    use_bf16 = device.type == "cuda" and cfg.train.amp in ("auto", "bf16")
+    return Setup(cfg, device, source, student, teacher, method, optimizer, generator, use_bf16, memory_format)
+
+
+def train_step(setup: Setup, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor):
+    """One optimisation step; returns (loss, terms, correct) as device tensors, never synchronising."""
+    if setup.memory_format is not None:
+        x = x.contiguous(memory_format=setup.memory_format)
+    with setup.amp():
+        s_feat, s_logits = setup.student.forward_with_features(x)
+        t_feat = t_logits = None
+        if setup.teacher is not None:
+            with torch.no_grad():
+                t_feat, t_logits = setup.teacher.forward_with_features(x)
+        terms = setup.method.terms(Forward(s_feat, s_logits, t_feat, t_logits, y, index))
+        loss = sum(setup.method.weights[k] * v for k, v in terms.items())
+    setup.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    setup.optimizer.step()
+    setup.method.after_step()
+    correct = (s_logits.detach().argmax(1) == y).sum()
+    return loss, terms, correct
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, data: InMemoryData, augment: BatchAugment, batch_size: int, device: torch.device, amp
-) -> tuple[float, float]:
+def evaluate(model: nn.Module, setup: Setup) -> tuple[float, float]:
     """Top-1 accuracy (%) and mean cross-entropy on the validation set."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), device=device)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    for start in range(0, data.val_x.shape[0], batch_size):
-        x = augment.normalise(data.val_x[start : start + batch_size])
-        y = data.val_y[start : start + batch_size]
-        with amp():
+    correct = torch.zeros((), device=setup.device)
+    loss_sum = torch.zeros((), device=setup.device, dtype=torch.float64)
+    for x, y in setup.source.val():
+        with setup.amp():
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
-    n = data.val_x.shape[0]
+    n = setup.source.n_val
     return float(correct) / n * 100, float(loss_sum) / n
 
 
 @torch.no_grad()
-def probe_outputs(model: nn.Module, x: torch.Tensor, amp) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_outputs(model: nn.Module, x: torch.Tensor, setup: Setup) -> tuple[torch.Tensor, torch.Tensor]:
     was_training = model.training
     model.eval()
-    with amp():
+    with setup.amp():
         feat, logits = model.forward_with_features(x)
     model.train(was_training)
     return feat.float(), logits.float()
-
-
-def to_device_data(data: InMemoryData, device: torch.device) -> InMemoryData:
-    for name in ("train_x", "train_y", "val_x", "val_y"):
-        setattr(data, name, getattr(data, name).to(device, non_blocking=True))
-    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,87 +288,28 @@ def train(
     Returns the outcome (completed or stopped); raises TrainError, DataError or Diverged otherwise.
     """
     run_dir = Path(run_dir)
-    device = pick_device(cfg.train.device)
-    torch.manual_seed(cfg.seed)
-    use_bf16 = device.type == "cuda" and cfg.train.amp in ("auto", "bf16")
-
-    def amp():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-
-    reporter.progress(env=json.dumps(environment(device)))
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
 
     # A resumed run continues from its last checkpoint; metric rows past that step are dropped
     # first, so its history has no duplicate and no gap.
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     resume_state = None
     if resume and last_path.exists():
-        resume_state = checkpoint.load(last_path, map_location=device)
+        resume_state = checkpoint.load(last_path)
         reporter.truncate(resume_state["step"])
     elif resume:
         reporter.truncate(-1)
 
-    # -- data ---------------------------------------------------------------------------------
-    data = load_data(cfg.data)
-    if isinstance(data, StreamingData):
-        raise TrainError(
-            f"data set '{cfg.data.name}' streams from disk; the streaming loop is not built yet "
-            "(in-memory data sets: synthetic, cifar10, cifar100, fashion_mnist, stl10, tiny_imagenet)"
-        )
-    data = to_device_data(data, device)
-    n_train = data.train_x.shape[0]
-    if cfg.method.name.startswith("rrd") and cfg.method.queue_size > n_train:
-        raise TrainError(
-            f"method.queue_size ({cfg.method.queue_size}) is larger than the training set ({n_train}): "
-            "lower method.queue_size"
-        )
-    augment = BatchAugment(data, device)
-    probe_x = augment.normalise(data.val_x[: cfg.data.probe_size])
-    probe_y = data.val_y[: cfg.data.probe_size]
+    setup = build(cfg, teacher_path)
+    device, source, student, teacher, method, optimizer = (
+        setup.device, setup.source, setup.student, setup.teacher, setup.method, setup.optimizer
+    )  # fmt: skip
+    reporter.progress(env=json.dumps(environment(device)))
+    probe_x, probe_y = source.probe(cfg.data.probe_size)
 
-    # -- models -------------------------------------------------------------------------------
-    student = build_model(cfg.student.arch, data.num_classes, in_channels=data.channels).to(device)
-    teacher = None
-    if cfg.distills:
-        if not teacher_path:
-            raise TrainError(f"method '{cfg.method.name}' needs a teacher but none was resolved")
-        teacher = load_teacher(cfg.teacher.arch, teacher_path, data.num_classes, data.channels).to(device)
-    memory_format = torch.channels_last if (device.type == "cuda" and cfg.train.channels_last) else None
-    if memory_format is not None:
-        student = student.to(memory_format=memory_format)
-        if teacher is not None:
-            teacher = teacher.to(memory_format=memory_format)
-
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    init_generator = torch.Generator().manual_seed(cfg.seed + 1)
-    method: Method = build_method(
-        cfg.method,
-        student.feat_dim,
-        teacher.feat_dim if teacher is not None else None,
-        data.train_y,
-        data.num_classes,
-        init_generator,
-    ).to(device)
-    if hasattr(method, "generator"):
-        method.generator = generator
-    if cfg.method.name.startswith("crd"):
-        largest_class = int(torch.bincount(data.train_y).max())
-        if cfg.method.crd_negatives > n_train - largest_class:
-            raise TrainError(
-                f"method.crd_negatives ({cfg.method.crd_negatives}) exceeds the samples of other classes "
-                f"({n_train - largest_class}): lower method.crd_negatives"
-            )
-
-    params = [p for p in list(student.parameters()) + list(method.parameters()) if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
-    )
-    batches = Batches(n_train, cfg.train.batch_size, device, generator)
-    total_steps = batches.per_epoch * cfg.train.epochs
-
-    # -- teacher preflight --------------------------------------------------------------------
+    # -- teacher preflight: its accuracy on our validation set, before any student step --------
     teacher_probe = None
     if teacher is not None:
-        t_acc, t_loss = evaluate(teacher, data, augment, cfg.train.eval_batch_size, device, amp)
+        t_acc, t_loss = evaluate(teacher, setup)
         if resume_state is None:  # a resumed run has these rows already
             reporter.log(0, 0.0, {"teacher/val_acc": t_acc, "teacher/val_loss": t_loss})
         reporter.progress(teacher_acc=t_acc)
@@ -295,18 +324,17 @@ def train(
             )
             log.warning(warning)
             reporter.event("warning", warning)
-        teacher_probe = probe_outputs(teacher, probe_x, amp)
+        teacher_probe = probe_outputs(teacher, probe_x, setup)
 
     # -- state: fresh or resumed --------------------------------------------------------------
-    epoch, start_batch, step, best_acc = 0, 0, 0, -1.0
-    perm = None
+    epoch, start_batch, step, best_acc, perm = 0, 0, 0, -1.0, None
     if resume_state is not None:
         state = resume_state
         student.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
+        setup.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
         epoch, start_batch, step, best_acc = state["epoch"], state["batch"], state["step"], state["best_acc"]
         perm = state["perm"].to(device) if state.get("perm") is not None else None
         reporter.event("info", f"resumed from epoch {epoch}, step {step}")
@@ -319,7 +347,7 @@ def train(
                 "model": student.state_dict(),
                 "method": method.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
+                "generator": setup.generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "epoch": next_epoch,
                 "batch": next_batch,
@@ -327,17 +355,18 @@ def train(
                 "step": step,
                 "best_acc": best_acc,
                 "arch": cfg.student.arch,
-                "num_classes": data.num_classes,
+                "num_classes": source.num_classes,
                 "config": cfg.to_dict(),
             },
             last_path,
         )
 
+    total_steps = source.per_epoch * cfg.train.epochs
     reporter.progress(total_steps=total_steps, epoch=epoch, step=step)
-    student.train()
+    setup.train_mode()
     log.info(
         "training %s (%s) on %s, %d epochs of %d steps, device %s",
-        cfg.student.arch, cfg.method.name, cfg.data.name, cfg.train.epochs, batches.per_epoch, device,
+        cfg.student.arch, cfg.method.name, cfg.data.name, cfg.train.epochs, source.per_epoch, device,
     )  # fmt: skip
 
     # Device-side accumulators, read every log_every steps (one synchronisation per interval).
@@ -354,11 +383,11 @@ def train(
         averages = {f"train/{n}": v / interval_steps for n, v in zip(names, values[:-1])}
         bad = [n for n, v in averages.items() if not math.isfinite(v)]
         if bad:
-            raise Diverged(f"{bad[0]} became {averages[bad[0]]} by step {step}")
+            raise Diverged(f"{bad[-1]} became {averages[bad[-1]]} by step {step}")
         averages["train/acc"] = values[-1] / interval_images * 100
         averages["train/lr"] = optimizer.param_groups[0]["lr"]
         averages["train/throughput"] = interval_images / max(elapsed, 1e-9)
-        reporter.log(step, step / batches.per_epoch, averages)
+        reporter.log(step, step / source.per_epoch, averages)
         reporter.progress(step=step)
         interval.zero_()
         interval_steps, interval_images, interval_start = 0, 0, time.perf_counter()
@@ -370,32 +399,16 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         if perm is None:
-            perm = batches.permutation()
+            perm = source.permutation(setup.generator)
             start_batch = 0
             epoch_correct.zero_()
             epoch_seen = 0
-        for i in range(start_batch, batches.per_epoch):
-            index = batches.slice(perm, i)
-            x = augment.train(data.train_x[index], generator)
-            if memory_format is not None:
-                x = x.contiguous(memory_format=memory_format)
-            y = data.train_y[index]
-            with amp():
-                s_feat, s_logits = student.forward_with_features(x)
-                t_feat = t_logits = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_feat, t_logits = teacher.forward_with_features(x)
-                terms = method.terms(Forward(s_feat, s_logits, t_feat, t_logits, y, index))
-                loss = sum(method.weights[k] * v for k, v in terms.items())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            method.after_step()
+        for i, (x, y, index) in enumerate(source.epoch(perm, start_batch, setup.generator), start=start_batch):
+            loss, terms, correct = train_step(setup, x, y, index)
             step += 1
-
-            correct = (s_logits.detach().argmax(1) == y).sum()
-            interval += torch.stack([loss.detach().double()] + [terms[k].detach().double() for k in method.weights] + [correct.double()])
+            interval += torch.stack(
+                [loss.detach().double()] + [terms[k].detach().double() for k in method.weights] + [correct.double()]
+            )
             epoch_correct += correct
             epoch_seen += index.shape[0]
             interval_steps += 1
@@ -421,12 +434,16 @@ def train(
         # -- end of epoch: evaluate, similarity statistics, checkpoint ------------------------
         epoch += 1
         perm = None
-        val_acc, val_loss = evaluate(student, data, augment, cfg.train.eval_batch_size, device, amp)
-        values = {"val/acc": val_acc, "val/loss": val_loss, "train/epoch_acc": float(epoch_correct) / max(epoch_seen, 1) * 100}
+        val_acc, val_loss = evaluate(student, setup)
+        values = {
+            "val/acc": val_acc,
+            "val/loss": val_loss,
+            "train/epoch_acc": float(epoch_correct) / max(epoch_seen, 1) * 100,
+        }
         if teacher_probe is not None:
-            s_feat, s_logits = probe_outputs(student, probe_x, amp)
+            s_feat, s_logits = probe_outputs(student, probe_x, setup)
             t_feat, t_logits = teacher_probe
-            stats = similarity_stats(s_feat, s_logits, t_feat, t_logits, probe_y, data.num_classes)
+            stats = similarity_stats(s_feat, s_logits, t_feat, t_logits, probe_y, source.num_classes)
             stats.update(method.probe_stats(s_feat, t_feat))
             values.update({k: float(v) for k, v in stats.items()})
         reporter.log(step, float(epoch), values)
@@ -444,20 +461,19 @@ def train(
         if improved:
             checkpoint.save_atomic({"model": student.state_dict(), "epoch": epoch, "val_acc": val_acc}, best_path)
         if stop_flag() or reporter.stop_requested():
-            stopping = True
-            reporter.event("info", f"stopped after epoch {epoch}; resumable")
+            stopping = epoch < cfg.train.epochs
+            if stopping:
+                reporter.event("info", f"stopped after epoch {epoch}; resumable")
 
     if stopping:
         return Outcome("stopped", {"best_acc": best_acc})
-
     if val_acc is None:  # resumed after the last epoch's checkpoint: nothing left to train
-        val_acc, _ = evaluate(student, data, augment, cfg.train.eval_batch_size, device, amp)
-    final = {"val_acc": val_acc, "best_acc": best_acc}
+        val_acc, _ = evaluate(student, setup)
     if teacher_probe is not None:
-        s_feat, s_logits = probe_outputs(student, probe_x, amp)
-        diff = logit_correlation_difference(s_logits, teacher_probe[1], probe_y, data.num_classes)
-        present = torch.nonzero(torch.bincount(probe_y, minlength=data.num_classes) > 0).flatten().tolist()
+        s_feat, s_logits = probe_outputs(student, probe_x, setup)
+        diff = logit_correlation_difference(s_logits, teacher_probe[1], probe_y, source.num_classes)
+        present = torch.nonzero(torch.bincount(probe_y, minlength=source.num_classes) > 0).flatten().tolist()
         reporter.artifact(
             "logit_corr_diff", {"classes": present, "matrix": [[round(v, 5) for v in row] for row in diff.tolist()]}
         )
-    return Outcome("completed", final)
+    return Outcome("completed", {"val_acc": val_acc, "best_acc": best_acc})

@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets.data_table import ColumnKey
 
 from rrdtui.tui.model import (
     STATUS_STYLES,
@@ -45,7 +46,9 @@ HEADER_SORT = {"id": "created", "name": "name", "status": "status", "method": "m
                "best": "best", "last": "last", "started": "created"}  # fmt: skip
 NAME_WIDTH = 16
 PAIR_WIDTH = 24
-FIRST_CHUNK = 120  # rows shown before the rest of a long first list is added (after a refresh)
+FIRST_CHUNK = 100  # rows shown at once from a long first list; the rest follow in slices
+REST_SLICE = 300
+REST_DELAY = 0.03
 MARK = "●"
 
 
@@ -86,7 +89,8 @@ class RunsScreen(Screen):
         self.sort_reverse = True
         self.grouped = False
         self.filter_text = ""
-        self.loaded = False  # the first read has been shown
+        self.loaded = False  # the first read is in the table
+        self.drawn = False  # ... and on the screen (for the benchmark)
         self.complete = False  # every row of it is in the table (a long first list comes in two parts)
         self.load_count = 0
         self.error: str | None = None
@@ -159,10 +163,15 @@ class RunsScreen(Screen):
             for gone in set(self._cell_cache) - ids:
                 del self._cell_cache[gone]
             self._render_table()
+            if not self.loaded:
+                self.call_after_refresh(self._first_drawn)
             self.loaded = True
             self.load_count += 1
         self._update_title()
         self._update_status()
+
+    def _first_drawn(self) -> None:
+        self.drawn = True
 
     # -- drawing ------------------------------------------------------------------------------
 
@@ -223,7 +232,9 @@ class RunsScreen(Screen):
                     continue
                 for (col, _), a, b in zip(COLUMNS, old or (), new):
                     if a != b:
-                        table.update_cell(key, col, b, update_width=True)
+                        # Widening the column costs a pass over the table: only when the text needs it.
+                        wider = b.cell_len > table.columns[ColumnKey(col)].content_width
+                        table.update_cell(key, col, b, update_width=wider)
             self.complete = not self._rest_pending
         else:
             self._generation += 1
@@ -242,20 +253,27 @@ class RunsScreen(Screen):
             self.complete = not rest
             self._rest_pending = bool(rest)
             if rest:
-                self.call_after_refresh(self._add_rest, self._generation, rest, cells)
+                all_cells, generation = cells, self._generation
+                self.set_timer(REST_DELAY, lambda: self._add_rest(generation, rest, all_cells))
                 order = head
                 cells = {k: cells[k] for k in head}
         self._order = order
         self._cells = cells
 
     def _add_rest(self, generation: int, rest: list[str], cells: dict[str, tuple]) -> None:
+        """Add the rest of a long first list in slices, letting frames through between them (the
+        table measures every cell it gets: a thousand rows at once would stall the screen)."""
         if generation != self._generation:
             return  # a newer rebuild has drawn everything
         table = self.query_one(DataTable)
-        for key in rest:
+        part, rest = rest[:REST_SLICE], rest[REST_SLICE:]
+        for key in part:
             table.add_row(*cells[key], key=key)
-        self._order = self._order + rest
-        self._cells.update({k: cells[k] for k in rest})
+        self._order = self._order + part
+        self._cells.update({k: cells[k] for k in part})
+        if rest:
+            self.set_timer(REST_DELAY, lambda: self._add_rest(generation, rest, cells))
+            return
         self.complete = True
         self._rest_pending = False
 
