@@ -173,6 +173,11 @@ def request_stop(store: Store, run_id: str) -> str:
     row = store.resolve_run(run_id)
     if row["status"] not in ("running", "queued"):
         raise StoreError(f"run {row['id']} is {row['status']}, not running")
+    if row["status"] == "queued":
+        # Not started yet (its teacher is training in the same process): cancel it alone.
+        store.update_run(row["id"], status="stopped", stop_requested=1, error="stopped before it started")
+        store.event(row["id"], "info", "stopped before it started")
+        return row["id"]
     store.update_run(row["id"], stop_requested=1)
     if row.get("pid") and row.get("host") == socket.gethostname():
         try:

@@ -121,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args.runs)
     statuses = []
     for position, run_id in enumerate(args.run_ids):
+        row = store.get_run(run_id)
+        if row is not None and row["status"] == "stopped" and row["stop_requested"]:
+            statuses.append("stopped")  # cancelled while it waited for the runs before it
+            continue
         status = run_one(store, run_id, args.resume)
         statuses.append(status)
         if status != "completed":
