@@ -123,15 +123,48 @@ class Config:
 
     def fingerprint(self) -> str:
         """Hash of what determines the trained weights: equal hashes mean a teacher can be reused."""
-        d = self.to_dict()
-        for cosmetic in ("description", "group", "paper"):
-            d.pop(cosmetic, None)
-        for key in ("device", "log_every", "eval_batch_size"):
-            d["train"].pop(key, None)
-        d["data"].pop("workers", None)
-        d["data"].pop("root", None)
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return fingerprint(self.to_dict())
+
+
+# Keys that do not change what a run learns: left out of fingerprints and reuse checks.
+COSMETIC_KEYS = {
+    "name", "description", "group", "paper", "train.device", "train.log_every", "train.eval_batch_size",
+    "data.workers", "data.root",
+}  # fmt: skip
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"method": {"tau_s": 0.1}} -> {"method.tau_s": 0.1}."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "paper":
+            flat.update(flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _training_values(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in flatten(config).items() if k not in COSMETIC_KEYS}
+
+
+def fingerprint(config: dict[str, Any]) -> str:
+    """Hash of a resolved configuration's values that differ from the defaults.
+
+    Only non-default values count, so a key added to rrdtui later (with a default) leaves the
+    fingerprints of existing runs unchanged: a teacher trained before an upgrade is still reused.
+    """
+    defaults = _training_values(Config().to_dict())
+    values = {k: v for k, v in _training_values(config).items() if k not in defaults or defaults[k] != v}
+    blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def training_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Keys present in both resolved configurations whose values differ (cosmetic keys aside)."""
+    fa, fb = _training_values(a), _training_values(b)
+    return sorted(k for k in fa.keys() & fb.keys() if fa[k] != fb[k])
 
 
 # ---------------------------------------------------------------------------------------------

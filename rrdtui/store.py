@@ -122,6 +122,20 @@ def m002_teacher_acc(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("best_acc", float)
 
 
+@migrations()
+def m003_fingerprint_non_defaults(db: sqlite_utils.Database) -> None:
+    # Fingerprints now hash only non-default values (robust to keys added later): recompute them.
+    from rrdtui.config import fingerprint
+
+    for row in list(db.query("SELECT id, config FROM runs")):
+        try:
+            config = json.loads(row["config"] or "{}")
+        except ValueError:
+            continue
+        if config:
+            db.execute("UPDATE runs SET config_hash = ? WHERE id = ?", [fingerprint(config), row["id"]])
+
+
 # ---------------------------------------------------------------------------------------------
 # The store
 # ---------------------------------------------------------------------------------------------
@@ -253,15 +267,22 @@ class Store:
             sql += f" LIMIT {int(limit)}"
         return [self._check_liveness(r) for r in self.db.query(sql)]
 
-    def find_completed(self, config_hash: str) -> dict[str, Any] | None:
-        """The newest completed run with this configuration fingerprint (a reusable teacher)."""
-        rows = list(
-            self.db.query(
-                "SELECT * FROM runs WHERE config_hash = ? AND status = 'completed' ORDER BY ended DESC LIMIT 1",
-                [config_hash],
-            )
+    def find_completed(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The newest completed run trained with this configuration (a reusable teacher).
+
+        Runs are found by fingerprint, then checked key by key against their stored configuration,
+        so a changed default can never make a different teacher pass for this one.
+        """
+        from rrdtui.config import fingerprint, training_differences
+
+        rows = self.db.query(
+            "SELECT * FROM runs WHERE config_hash = ? AND status = 'completed' ORDER BY ended DESC",
+            [fingerprint(config)],
         )
-        return rows[0] if rows else None
+        for row in rows:
+            if not training_differences(json.loads(row["config"]), config):
+                return row
+        return None
 
     def delete_run(self, run_id: str) -> None:
         with self.db.atomic():

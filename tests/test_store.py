@@ -106,7 +106,7 @@ def test_older_store_is_migrated_once_keeping_its_rows(tmp_path):
     assert store.get_run("old00001")["name"] == "old"
     assert store.latest("old00001") == {"val/acc": 42.0}
     applied = [m.name for m in store_module.migrations.applied(store.db)]
-    assert applied == ["m001_initial", "m002_teacher_acc"]
+    assert applied == ["m001_initial", "m002_teacher_acc", "m003_fingerprint_non_defaults"]
 
 
 def _open_concurrently(path: str, barrier) -> None:
@@ -127,7 +127,7 @@ def test_several_processes_opening_an_old_store_migrate_it_once(tmp_path):
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     rows = sqlite3.connect(tmp_path / "rrdtui.db").execute("SELECT name FROM _sqlite_migrations").fetchall()
-    assert sorted(r[0] for r in rows) == ["m001_initial", "m002_teacher_acc"]
+    assert sorted(r[0] for r in rows) == ["m001_initial", "m002_teacher_acc", "m003_fingerprint_non_defaults"]
 
 
 def _writer(path: str, run_id: str, rows: int) -> None:
@@ -170,3 +170,29 @@ def test_four_writers_and_three_readers_lose_nothing(tmp_path):
     for run_id in ids:
         assert len(store.series(run_id, "train/loss")) == rows
         assert store.latest(run_id)["train/loss"] == rows - 1
+
+
+def test_a_teacher_trained_before_new_keys_existed_is_still_found(tmp_path):
+    store = Store(tmp_path)
+    cfg = Config()
+    cfg.method.name = "none"
+    cfg.train.epochs = 3
+    old = cfg.to_dict()
+    del old["student"]["init"], old["student"]["freeze"]  # keys an older rrdtui did not have
+    run_id = store.create_run(old, config_hash="stale-hash-from-an-old-version", status="completed")
+    Store(tmp_path)  # nothing pending: the stale hash stays until the migration below recomputes it
+    store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm003_fingerprint_non_defaults'")
+    store = Store(tmp_path)
+    assert store.find_completed(cfg.to_dict())["id"] == run_id
+
+
+def test_a_stored_run_that_differs_in_training_is_not_reused(tmp_path):
+    store = Store(tmp_path)
+    cfg = Config()
+    cfg.method.name = "none"
+    stored = cfg.to_dict()
+    stored["optim"]["lr"] = 0.1  # as if the default had been 0.1 when it was trained
+    from rrdtui.config import fingerprint
+
+    store.create_run(stored, config_hash=fingerprint(cfg.to_dict()), status="completed")  # same hash
+    assert store.find_completed(cfg.to_dict()) is None
