@@ -76,7 +76,7 @@ def plan_runs(cfg: Config, preset: str, store: Store, depth: int = 0) -> Plan:
             )
         _adopt_arch(cfg, teacher_cfg.student.arch, preset)
         run.teacher_ref = f"preset:{teacher.preset}"
-        done = store.find_completed(teacher_cfg.fingerprint())
+        done = store.find_completed(teacher_cfg.to_dict())
         if done:
             run.teacher_run = done["id"]
             plan.notes.append(f"teacher: {teacher_cfg.name} reused from run {done['id']} ({_acc(done)})")
@@ -161,6 +161,10 @@ def launch(preset_path: str, overrides: list[str], runs_dir, detach: bool = True
     store = Store(runs_dir)
     try:
         plan = plan_runs(cfg, str(preset_path), store)
+        from rrdtui.datacheck import check_data
+
+        for planned in plan.runs:  # missing data: one line now, and no run row written
+            check_data(planned.config)
         ids = create_runs(plan, store)
         spawn_worker(store, ids, detach=detach)
     finally:

@@ -160,3 +160,12 @@ def test_in_channels_torchvision():
     with torch.no_grad():
         feat, logits = model.forward_with_features(_x(channels=1))
     assert feat.shape == (2, 512) and logits.shape == (2, 10)
+
+
+def test_the_catalog_names_only_real_torchvision_models():
+    import torchvision
+
+    from rrdtui.catalog import CIFAR_ARCHS, TORCHVISION_ARCHS
+
+    assert set(TORCHVISION_ARCHS) <= set(torchvision.models.list_models(module=torchvision.models))
+    assert not set(TORCHVISION_ARCHS) & set(CIFAR_ARCHS)  # CIFAR names win: none is listed twice

@@ -19,10 +19,11 @@ from __future__ import annotations
 import functools
 
 import torch
-import torchvision
 from torch import nn
 
-TORCHVISION_ARCHS: tuple[str, ...] = tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
+# The names come from the torch-free catalog: importing torchvision.models costs seconds at every
+# trainer start, so it is imported only when a torchvision model is actually built.
+from rrdtui.catalog import TORCHVISION_ARCHS
 
 
 class TorchvisionFeatures:
@@ -92,6 +93,8 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
 
 
 def build_torchvision(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    import torchvision
+
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if in_channels != 3:
         _replace_first_conv(model, in_channels)
