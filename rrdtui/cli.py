@@ -107,6 +107,10 @@ def run(
     cfg = load_preset(preset, set_ or [])
     store = open_store(runs)
     plan = plan_runs(cfg, str(preset), store)
+    from rrdtui.datacheck import check_data
+
+    for planned in plan.runs:  # missing data: one line now, and no run row written
+        check_data(planned.config)
     ids = create_runs(plan, store)
     for note in plan.notes:
         typer.echo(note, err=detach)
@@ -394,6 +398,73 @@ def plot(
 
     width, height = shutil.get_terminal_size((100, 30))
     typer.echo(plot_runs(open_store(runs), run_refs, metric, width=width, height=max(15, height - 4)))
+
+
+@app.command()
+@user_errors
+def transfer(
+    run_ref: Annotated[str, typer.Argument(metavar="RUN", help="A completed run id (or a unique prefix).")],
+    data: Annotated[str, typer.Option("--data", help="stl10 or tiny_imagenet.")],
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a key: --set train.epochs=30 (repeatable).")
+    ] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background; print the run id.")] = False,
+    runs: RunsOption = None,
+) -> None:
+    """Linear-probe a run's frozen backbone on STL-10 or Tiny-ImageNet (the paper's transfer test)."""
+    from rrdtui.transfer import start_transfer
+
+    store = open_store(runs)
+    ids, proc = start_transfer(store, run_ref, data, set_ or [], detach=detach)
+    if detach:
+        typer.echo(f"log: {Path(store.get_run(ids[-1])['run_dir']) / 'train.log'}", err=True)
+        typer.echo(ids[-1])
+        return
+    from rrdtui.progress import follow
+
+    follow(store, ids, proc)
+    rows = [store.get_run(i) for i in ids]
+    summarise(store, rows)
+    if any(r["status"] != "completed" for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def bench(
+    preset: Annotated[Path, typer.Argument(help="A preset file, e.g. presets/demo.yaml.")],
+    device: Annotated[
+        Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: the preset's).")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Timed steps per loop.")] = 50,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps before timing, per loop.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line.")] = False,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a key: --set method.name=kd (repeatable).")
+    ] = None,
+) -> None:
+    """Measure training throughput (synthetic data, random teacher): our step against a reference loop."""
+    import subprocess
+
+    from rrdtui.config import load_preset
+
+    load_preset(preset, set_ or [])  # a bad preset or override: one line, before torch loads
+    if device is not None and not (device in ("cpu", "cuda") or device.startswith("cuda:")):
+        raise UserError(f"--device must be cpu, cuda or cuda:N, got '{device}'")
+    if steps < 1 or warmup < 1:
+        raise UserError("--steps and --warmup must be at least 1")
+    cmd = [sys.executable, "-m", "rrdtui.train.bench", str(preset), "--steps", str(steps), "--warmup", str(warmup)]
+    cmd += ["--device", device] if device else []
+    cmd += ["--json"] if as_json else []
+    cmd += [f"--set={override}" for override in set_ or []]
+    # The benchmark's output passes through line by line; its exit code is ours.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            typer.echo(line, nl=False)
+    except KeyboardInterrupt:
+        proc.terminate()
+    raise typer.Exit(proc.wait())
 
 
 def main() -> None:

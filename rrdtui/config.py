@@ -94,7 +94,7 @@ class TrainConfig:
     device: str = "auto"  # auto picks CUDA when present
     log_every: int = 50  # steps between train metric rows
     amp: str = "auto"  # bf16 autocast on CUDA when "auto"; "bf16" or "off" to force
-    channels_last: bool = True  # on CUDA only
+    channels_last: bool = True  # CUDA and CPU (oneDNN convolutions also prefer it)
     compile: bool = False  # torch.compile the student's step
 
 

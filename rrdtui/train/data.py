@@ -122,7 +122,7 @@ def make_synthetic(
             present = (torch.rand(count, generator=gen) < 0.8).float()
             amplitude = present * (0.3 + 0.6 * torch.rand(count, generator=gen))
             images += texture(which, amplitude, (0.0, 1.0))
-        images += 0.8 * torch.randn(count, 3, size, size, generator=gen)
+        images += 0.6 * torch.randn(count, 3, size, size, generator=gen)
         # Map to uint8 the way a photograph is stored.
         pixels = ((images / 4.0 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         return pixels, labels
