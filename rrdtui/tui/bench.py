@@ -3,7 +3,8 @@
 Builds a store of 1,000 runs and 5 million metric rows in a temporary folder (executemany in large
 transactions), then measures, headless at 120x40: app start to the run table populated, one
 refresh of the run list (idle, and with new metrics and progress from 50 running runs), opening a
-run's detail (all of its series) and one incremental detail refresh. Writes BENCHMARKS_TUI.md.
+run's detail (all of its series) and one incremental detail refresh. Prints the Markdown section
+that BENCHMARKS.md holds (or writes it to --out).
 """
 
 from __future__ import annotations
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=5_000_000, help="metric rows in all")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS_TUI.md"))
+    parser.add_argument("--out", type=Path, default=None, help="write the section here instead of stdout")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="rrdtui-bench-") as tmp:
@@ -295,9 +296,11 @@ def main(argv: list[str] | None = None) -> None:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    args.out.write_text(text)
-    print(f"written to {args.out}")
+    if args.out is None:
+        print(text)
+    else:
+        args.out.write_text(text)
+        print(f"written to {args.out}")
 
 
 if __name__ == "__main__":
