@@ -121,6 +121,11 @@ def run(
         typer.echo(f"log: {Path(store.get_run(ids[-1])['run_dir']) / 'train.log'}", err=True)
         typer.echo(ids[-1])
         return
+    follow_to_end(store, ids, proc)
+
+
+def follow_to_end(store: Store, ids: list[str], proc) -> None:
+    """Show progress until the trainer exits, then the summary; exit 1 unless every run completed."""
     from rrdtui.progress import follow
 
     follow(store, ids, proc)
@@ -309,13 +314,7 @@ def resume(
     if detach:
         typer.echo(ids[-1])
         return
-    from rrdtui.progress import follow
-
-    follow(store, ids, proc)
-    rows = [store.get_run(i) for i in ids]
-    summarise(store, rows)
-    if any(r["status"] != "completed" for r in rows):
-        raise typer.Exit(1)
+    follow_to_end(store, ids, proc)
 
 
 @app.command()
@@ -420,13 +419,7 @@ def transfer(
         typer.echo(f"log: {Path(store.get_run(ids[-1])['run_dir']) / 'train.log'}", err=True)
         typer.echo(ids[-1])
         return
-    from rrdtui.progress import follow
-
-    follow(store, ids, proc)
-    rows = [store.get_run(i) for i in ids]
-    summarise(store, rows)
-    if any(r["status"] != "completed" for r in rows):
-        raise typer.Exit(1)
+    follow_to_end(store, ids, proc)
 
 
 @app.command()
