@@ -145,3 +145,48 @@ def test_stop_flag_writes_a_resumable_checkpoint_and_resume_matches_an_uninterru
     assert [v for *_, v in store.series(run_id, "val/loss")] == pytest.approx(
         [v for *_, v in ref_store.series(ref_id, "val/loss")], rel=1e-5
     )
+
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_the_debian_package_trains_for_real(tmp_path):
+    cfg = config(
+        "fmnist",
+        data={"name": "fashion_mnist", "train_limit": 3000, "probe_size": 64},
+        student={"arch": "resnet8"},
+        method={"name": "none"},
+        optim={"lr": 0.05, "milestones": [1]},  # a calmer second epoch: stable BatchNorm statistics
+        train={**TRAIN, "epochs": 2, "batch_size": 64, "log_every": 4},
+    )
+    store, run_id, outcome = run(tmp_path, cfg)
+    assert outcome.status == "completed"
+    losses = [v for *_, v in store.series(run_id, "train/loss")]
+    assert losses[-1] < losses[0]
+    print("fashion-mnist val/acc", outcome.final["val_acc"])
+    assert outcome.final["val_acc"] > 35  # 10 classes: chance is 10%, on the full 10,000-image test set
+
+
+def test_a_folder_data_set_streams_through_a_dataloader(tmp_path):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, count in (("train", 12), ("val", 4)):
+        for label, colour in enumerate(((220, 30, 30), (30, 30, 220))):
+            folder = tmp_path / "images" / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                noise = torch.randint(0, 40, (32, 32, 3), generator=g, dtype=torch.uint8)
+                pixels = (torch.tensor(colour, dtype=torch.uint8) + noise).clamp(0, 255).numpy()
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    cfg = config(
+        "folder",
+        data={"name": "imagefolder", "root": str(tmp_path / "images"), "workers": 0, "probe_size": 8},
+        student={"arch": "resnet8"},
+        method={"name": "none"},
+        train={**TRAIN, "epochs": 2, "batch_size": 8},
+    )
+    store, run_id, outcome = run(tmp_path, cfg)
+    assert outcome.status == "completed"
+    assert len(store.series(run_id, "val/acc")) == 2 and store.latest(run_id)["train/throughput"] > 0
