@@ -49,6 +49,3 @@ METHOD_WEIGHTS = {
     "crd+kd": {"gamma": 1.0, "alpha": 1.0, "beta": 0.8},
 }
 METHODS = tuple(METHOD_WEIGHTS)
-
-STATUSES = ("queued", "running", "completed", "stopped", "crashed", "failed", "diverged")
-FINISHED_STATUSES = ("completed", "stopped", "crashed", "failed", "diverged")

@@ -116,12 +116,17 @@ def run(
         typer.echo(note, err=detach)
     proc = spawn_worker(store, ids, detach=detach)
     if detach:
-        for run_id in ids[:-1]:
-            typer.echo(f"teacher run {run_id} trains first", err=True)
-        typer.echo(f"log: {Path(store.get_run(ids[-1])['run_dir']) / 'train.log'}", err=True)
-        typer.echo(ids[-1])
+        announce_detached(store, ids)
         return
     follow_to_end(store, ids, proc)
+
+
+def announce_detached(store: Store, ids: list[str]) -> None:
+    """Teachers that train first and the log on stderr; the run's id alone as stdout's last line."""
+    for run_id in ids[:-1]:
+        typer.echo(f"teacher run {run_id} trains first", err=True)
+    typer.echo(f"log: {Path(store.get_run(ids[-1])['run_dir']) / 'train.log'}", err=True)
+    typer.echo(ids[-1])
 
 
 def follow_to_end(store: Store, ids: list[str], proc) -> None:
@@ -312,7 +317,7 @@ def resume(
     store = open_store(runs)
     ids, proc = resume_runs(store, run_ref, detach=detach)
     if detach:
-        typer.echo(ids[-1])
+        announce_detached(store, ids)
         return
     follow_to_end(store, ids, proc)
 
@@ -416,8 +421,7 @@ def transfer(
     store = open_store(runs)
     ids, proc = start_transfer(store, run_ref, data, set_ or [], detach=detach)
     if detach:
-        typer.echo(f"log: {Path(store.get_run(ids[-1])['run_dir']) / 'train.log'}", err=True)
-        typer.echo(ids[-1])
+        announce_detached(store, ids)
         return
     follow_to_end(store, ids, proc)
 

@@ -391,10 +391,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def default_name(path: Path) -> str:
-    return path.stem
-
-
 def from_mapping(raw: dict[str, Any], source: str, default: str = "unnamed") -> Config:
     """Build and validate a Config from a mapping; errors are prefixed with `source`."""
     raw = dict(raw)
@@ -418,7 +414,7 @@ def load_preset(path: str | os.PathLike[str], overrides: list[str] | None = None
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         source = f"{path} (with --set)"
-    cfg = from_mapping(raw, source, default=default_name(path))
+    cfg = from_mapping(raw, source, default=path.stem)
     if cfg.teacher.preset:
         cfg.teacher.preset = str(resolve_teacher_preset(path, cfg.teacher.preset))
     return cfg

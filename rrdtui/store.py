@@ -347,11 +347,6 @@ class Store:
         cursor = self.db.execute("SELECT name, value FROM latest WHERE run_id = ?", [run_id])
         return {name: value for name, value in cursor.fetchall()}
 
-    def best(self, run_id: str, name: str = "val/acc") -> float | None:
-        cursor = self.db.execute("SELECT MAX(value) FROM metrics WHERE run_id = ? AND name = ?", [run_id, name])
-        value = cursor.fetchone()[0]
-        return value
-
     def all_metrics(self, run_id: str) -> list[dict[str, Any]]:
         return list(
             self.db.query(

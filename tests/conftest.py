@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,13 @@ def tiny_presets(tmp_path: Path) -> dict[str, Path]:
         train=TINY_TRAIN,
     )
     return {"teacher": teacher, "student": student, "folder": folder}
+
+
+@pytest.fixture
+def utc(monkeypatch):
+    """Local time is UTC for the test (dashboard tests render dates)."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()

@@ -29,14 +29,7 @@ from tests.tui_fixtures import FIXED_NOW, make_store, write_presets
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (80, 24)
 
-
-@pytest.fixture(autouse=True)
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")  # dates render the same anywhere
 
 
 @pytest.fixture

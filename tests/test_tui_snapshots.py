@@ -21,14 +21,7 @@ from tests.tui_fixtures import FIXED_NOW, make_store, write_presets
 SMALL = (80, 24)
 LARGE = (120, 40)
 
-
-@pytest.fixture(autouse=True)
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")  # dates render the same anywhere
 
 
 @pytest.fixture
