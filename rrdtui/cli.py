@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 import os
 import shutil
+import sqlite3
 import sys
 import time
 from datetime import datetime
@@ -20,7 +22,7 @@ from typing import Annotated, Optional
 import typer
 
 from rrdtui.config import ConfigError
-from rrdtui.store import Store, StoreError, default_runs_dir
+from rrdtui.store import Store, StoreError, default_runs_dir, store_writable
 
 app = typer.Typer(
     add_completion=False,
@@ -31,11 +33,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# No envvar here: RRDTUI_RUNS comes last, after --runs given to the command or before it (open_store).
 RunsOption = Annotated[
     Optional[Path],
-    typer.Option("--runs", envvar="RRDTUI_RUNS", help="Folder of the run store (default ./runs)."),
+    typer.Option("--runs", help="Folder of the run store (default $RRDTUI_RUNS, else ./runs)."),
 ]
-PRESETS_DIR = Path("presets")
 
 
 class UserError(Exception):
@@ -52,12 +54,35 @@ def user_errors(fn):
         except (ConfigError, StoreError, UserError) as exc:
             typer.echo(f"rrdtui: error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except sqlite3.OperationalError as exc:  # a write to a store opened read-only
+            if "readonly" not in str(exc):
+                raise
+            typer.echo(f"rrdtui: error: the run store is read-only ({exc}): choose a writable folder with --runs", err=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 
 
-def open_store(runs: Path | None) -> Store:
-    return Store(runs if runs is not None else default_runs_dir())
+# `rrdtui --runs DIR COMMAND`: the folder given before the command, set by main_callback (which
+# runs before every command; typer's Context is not reachable from helpers without a parameter).
+_callback_runs: Path | None = None
+
+
+def runs_dir(runs: Path | None) -> Path:
+    """The store folder: the command's --runs, else the one given before the command, else
+    $RRDTUI_RUNS, else ./runs."""
+    if runs is not None:
+        return runs
+    if _callback_runs is not None:
+        return _callback_runs
+    return default_runs_dir()
+
+
+def open_store(runs: Path | None, write: bool = True) -> Store:
+    """The store for a command. Commands that only read (`write=False`) open a store they cannot
+    write read-only; the others are refused one, in one line, before they do anything."""
+    folder = runs_dir(runs)
+    return Store(folder, readonly=not write and not store_writable(folder))
 
 
 def fmt_time(ts: float | None) -> str:
@@ -79,10 +104,13 @@ def main_callback(
     runs: RunsOption = None,
 ) -> None:
     """With no command, open the dashboard."""
+    global _callback_runs
+    _callback_runs = runs  # every command's store, unless it is given its own --runs
     if ctx.invoked_subcommand is None:
+        from rrdtui.presets import presets_dir
         from rrdtui.tui.app import run_app
 
-        run_app(runs if runs is not None else default_runs_dir(), PRESETS_DIR)
+        run_app(runs_dir(runs), presets_dir())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,10 +135,9 @@ def run(
     cfg = load_preset(preset, set_ or [])
     store = open_store(runs)
     plan = plan_runs(cfg, str(preset), store)
-    from rrdtui.datacheck import check_data
+    from rrdtui.preflight import preflight
 
-    for planned in plan.runs:  # missing data: one line now, and no run row written
-        check_data(planned.config)
+    preflight(plan)  # missing data or an unusable teacher file: one line now, no run row written
     ids = create_runs(plan, store)
     for note in plan.notes:
         typer.echo(note, err=detach)
@@ -199,7 +226,7 @@ def list_runs(
     runs: RunsOption = None,
 ) -> None:
     """List runs, newest first."""
-    store = open_store(runs)
+    store = open_store(runs, write=False)
     rows = store.list_runs()
     if as_json:
         out = []
@@ -231,7 +258,7 @@ def show(
     runs: RunsOption = None,
 ) -> None:
     """Show one run: status, latest metrics, configuration, events."""
-    store = open_store(runs)
+    store = open_store(runs, write=False)
     row = store.resolve_run(run_ref)
     summary = run_summary(store, row)
     if as_json:
@@ -268,22 +295,46 @@ def export(
     """Export runs' metric histories: rows of run_id, name, step, epoch, value, time."""
     if fmt not in ("csv", "json"):
         raise UserError(f"--format must be csv or json, got '{fmt}'")
-    store = open_store(runs)
+    if output is not None:
+        check_output_file(output, f"metrics.{fmt}")
+    store = open_store(runs, write=False)
     rows = []
     for ref in run_refs:
         rows.extend(store.all_metrics(store.resolve_run(ref)["id"]))
-    handle = open(output, "w", newline="") if output else sys.stdout
+    handle = io.StringIO(newline="") if output else sys.stdout
+    if fmt == "json":
+        json.dump(rows, handle, indent=1)
+        handle.write("\n")
+    else:
+        writer = csv.DictWriter(handle, fieldnames=["run_id", "name", "step", "epoch", "value", "time"])
+        writer.writeheader()
+        writer.writerows(rows)
+    if output:
+        write_file_atomic(output, handle.getvalue())
+
+
+def check_output_file(path: Path, example: str) -> None:
+    """Refuse an output path that cannot become a file: one line naming it and the fix."""
+    if path.is_dir():
+        raise UserError(f"-o {path}: is a folder: give a file name in it, e.g. -o {path / example}")
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise UserError(f"-o {path}: the folder {parent} {what}: create it first or choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"-o {path}: cannot write there (permission denied or read-only): choose another path")
+
+
+def write_file_atomic(path: Path, text: str) -> None:
+    """Write text to path whole or not at all (a temporary file beside it, then a rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        if fmt == "json":
-            json.dump(rows, handle, indent=1)
-            handle.write("\n")
-        else:
-            writer = csv.DictWriter(handle, fieldnames=["run_id", "name", "step", "epoch", "value", "time"])
-            writer.writeheader()
-            writer.writerows(rows)
-    finally:
-        if output:
-            handle.close()
+        with open(tmp, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"-o {path}: cannot write ({exc.strerror or exc}): choose another path") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +381,7 @@ def logs(
     runs: RunsOption = None,
 ) -> None:
     """Print a run's log (and follow it with -f)."""
-    store = open_store(runs)
+    store = open_store(runs, write=False)
     row = store.resolve_run(run_ref)
     path = Path(row["run_dir"]) / "train.log"
     if not path.exists():
@@ -381,12 +432,14 @@ def rm(
 @app.command()
 @user_errors
 def presets(
-    folder: Annotated[Path, typer.Option("--dir", help="The presets folder.")] = PRESETS_DIR,
+    folder: Annotated[
+        Optional[Path], typer.Option("--dir", help="The presets folder (default ./presets, else those installed).")
+    ] = None,
 ) -> None:
     """List the presets, one line each."""
-    from rrdtui.presets import describe_presets
+    from rrdtui.presets import describe_presets, presets_dir
 
-    for line in describe_presets(folder):
+    for line in describe_presets(folder if folder is not None else presets_dir()):
         typer.echo(line)
 
 
@@ -401,7 +454,7 @@ def plot(
     from rrdtui.plotting import plot_runs
 
     width, height = shutil.get_terminal_size((100, 30))
-    typer.echo(plot_runs(open_store(runs), run_refs, metric, width=width, height=max(15, height - 4)))
+    typer.echo(plot_runs(open_store(runs, write=False), run_refs, metric, width=width, height=max(15, height - 4)))
 
 
 @app.command()

@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -335,6 +336,85 @@ def validate(cfg: Config) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+# A preset is a few hundred bytes; anything this large is a mistake or an attack, refused unread.
+MAX_PRESET_BYTES = 1 << 20
+# Aliases may repeat what an anchor holds, up to this many nodes in all (a preset needs a handful;
+# the "billion laughs" needs hundreds of millions).
+MAX_ALIAS_NODES = 100_000
+
+# YAML 1.1 reads 1e-3 and 5e-4 as strings (its floats need a dot and a signed exponent): numbers
+# in scientific notation, as everyone writes learning rates and weight decays.
+_SCIENTIFIC = r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"
+
+
+class YAMLBombError(yaml.YAMLError):
+    """A document whose aliases expand past MAX_ALIAS_NODES nodes (or refer to themselves)."""
+
+
+class PresetLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, plus scientific notation as floats and a bound on alias expansion.
+
+    The bound is checked on the composed node graph, where an alias is a second reference to its
+    anchor's node: counting each node's expanded size once takes time linear in the text, before
+    anything is built (building shares nodes too; it is every later copy or repr that explodes).
+    """
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+
+PresetLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_SCIENTIFIC), list("-+.0123456789"))
+
+
+def _check_expansion(root: yaml.Node | None) -> None:
+    """Raise YAMLBombError when the tree the graph under root stands for exceeds the bound."""
+    if root is None:
+        return
+    cap = 10**12  # counts saturate here (a bomb's true size has hundreds of digits)
+    size: dict[int, int] = {}  # id(node) -> expanded size (saturated), for nodes done
+    open_: set[int] = set()  # nodes on the current path: meeting one again is a recursive alias
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            total = 1 + sum(size[id(c)] for c in _children(node))
+            size[key] = min(total, cap)
+            open_.discard(key)
+            continue
+        if key in size:
+            continue
+        if key in open_:
+            raise YAMLBombError("a YAML alias refers to the node that holds it (a recursive structure)")
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in size)
+    if size[id(root)] - len(size) > MAX_ALIAS_NODES:  # the nodes aliases add to the distinct ones
+        raise YAMLBombError(f"YAML aliases expand past {MAX_ALIAS_NODES:,} nodes (an alias bomb?)")
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with PresetLoader (presets and --set values alike).
+
+    Raises yaml.YAMLError, YAMLBombError included, and RecursionError for absurd nesting.
+    """
+    loader = PresetLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a preset file into a mapping, turning file and syntax problems into one-line errors."""
     if not path.exists():
@@ -342,11 +422,25 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, not a preset file")
     try:
-        text = path.read_text()
+        with open(path, "rb") as fh:  # at most one byte past the limit: a huge file is never read whole
+            data = fh.read(MAX_PRESET_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(data) > MAX_PRESET_BYTES:
+        raise ConfigError(
+            f"{path}: refused: larger than {MAX_PRESET_BYTES // (1 << 20)} MiB, which no preset needs "
+            "(is it the right file?)"
+        )
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8): give a YAML preset") from None
+    try:
+        raw = load_yaml(text)
+    except YAMLBombError as exc:
+        raise ConfigError(f"{path}: refused: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: refused: the YAML nests too deep") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -367,8 +461,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"--set {text}: the key is empty")
+    if len(text.encode("utf-8", "replace")) > MAX_PRESET_BYTES:
+        raise ConfigError(f"--set {key}=...: refused: the value is larger than {MAX_PRESET_BYTES // (1 << 20)} MiB")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = load_yaml(value) if value.strip() else ""
+    except YAMLBombError as exc:
+        raise ConfigError(f"--set {key}=...: refused: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"--set {key}=...: refused: the YAML nests too deep") from None
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed

@@ -188,3 +188,17 @@ def check_data(cfg) -> None:
         _check_imagenet(data)
     elif name == "imagefolder":
         _check_image_folder(data)
+
+
+# The class count and image channels of each data set whose count is fixed (as its loader in
+# rrdtui.train.datasets gives them); folder data sets count their class folders when they load.
+_SHAPES = {"cifar100": (100, 3), "cifar10": (10, 3), "fashion_mnist": (10, 1), "stl10": (10, 3)}
+
+
+def data_shape(cfg) -> tuple[int | None, int]:
+    """(number of classes, input channels) of cfg's data set, without loading it; classes None when
+    only loading can tell (imagefolder, imagenet, tiny_imagenet). `cfg` is a Config or its DataConfig."""
+    data = getattr(cfg, "data", cfg)
+    if data.name == "synthetic":
+        return data.num_classes, 3
+    return _SHAPES.get(data.name, (None, 3))

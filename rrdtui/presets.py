@@ -40,6 +40,25 @@ class Entry:
     error: str | None = None
 
 
+# The presets shipped with rrdtui: in the wheel, presets/ is installed as rrdtui/presets_data/.
+PACKAGED_PRESETS = Path(__file__).resolve().parent / "presets_data"
+# In a source checkout (an editable install), the repository's presets/ beside the package.
+SOURCE_PRESETS = Path(__file__).resolve().parent.parent / "presets"
+
+
+def presets_dir() -> Path:
+    """Where the presets are: ./presets when the current folder has one, else the ones installed
+    with rrdtui (or, run from a source checkout, the checkout's); ./presets when there are none."""
+    local = Path("presets")
+    if local.is_dir():
+        return local
+    checkout = (SOURCE_PRESETS.parent / "pyproject.toml").is_file()
+    for folder in (PACKAGED_PRESETS, SOURCE_PRESETS if checkout else None):
+        if folder is not None and folder.is_dir() and any(folder.glob("*.yaml")):
+            return folder
+    return local
+
+
 def preset_files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).glob("*.yaml") if p.is_file())
 

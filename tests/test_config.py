@@ -108,3 +108,12 @@ def test_missing_teacher_preset(tmp_path):
     path.write_text("method: {name: kd}\nteacher: {preset: ghost.yaml}\n")
     with pytest.raises(ConfigError, match="teacher.preset 'ghost.yaml' not found"):
         load_preset(path)
+
+
+def test_scientific_notation_is_a_number_in_presets_and_overrides(tmp_path):
+    # YAML 1.1 reads 1e-3 as a string (its floats need a dot and a signed exponent).
+    path = tmp_path / "p.yaml"
+    path.write_text("method: {name: none}\noptim: {lr: 1e-3, lr_decay: 1E-1}\n")
+    cfg = load_preset(path, ["optim.weight_decay=5e-4", "method.tau_s=4.0e-2"])
+    assert (cfg.optim.lr, cfg.optim.lr_decay, cfg.optim.weight_decay, cfg.method.tau_s) == (1e-3, 0.1, 5e-4, 0.04)
+    assert load_preset(path, ["description=1e-3x", "group='1e-3'"]).group == "1e-3"  # quoted stays a string
