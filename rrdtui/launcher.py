@@ -18,8 +18,6 @@ from pathlib import Path
 from rrdtui.config import Config, ConfigError, load_preset
 from rrdtui.store import Store, StoreError
 
-RESUMABLE = ("stopped", "crashed", "failed")
-
 
 @dataclass
 class PlannedRun:
@@ -128,7 +126,8 @@ def create_runs(plan: Plan, store: Store) -> list[str]:
 
 
 def spawn_worker(store: Store, ids: list[str], detach: bool, resume: bool = False) -> subprocess.Popen:
-    """Start the trainer process for `ids`; its output goes to the last run's train.log.
+    """Start the trainer process for `ids` (queued, owned by this process); its output goes to the last
+    run's train.log.
 
     Detached, it gets its own session (no terminal, no SIGHUP, no Ctrl-C), so closing the terminal
     or the SSH connection leaves it running. In the foreground it shares the terminal's process
@@ -138,7 +137,7 @@ def spawn_worker(store: Store, ids: list[str], detach: bool, resume: bool = Fals
     if resume:
         cmd.append("--resume")
     cmd.extend(ids)
-    log_path = Path(store.get_run(ids[-1])["run_dir"]) / "train.log"
+    log_path = store.run_dir(ids[-1]) / "train.log"
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
             cmd,
@@ -149,9 +148,8 @@ def spawn_worker(store: Store, ids: list[str], detach: bool, resume: bool = Fals
             close_fds=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    # The queued rows carry the process, so a trainer that dies before starting them is noticed.
-    for run_id in ids:
-        store.update_run(run_id, pid=proc.pid, host=socket.gethostname())
+    # The queued rows now belong to the trainer: it takes each run's lock when it starts it.
+    store.hand_over(ids, proc.pid)
     return proc
 
 
@@ -161,10 +159,9 @@ def launch(preset_path: str, overrides: list[str], runs_dir, detach: bool = True
     store = Store(runs_dir)
     try:
         plan = plan_runs(cfg, str(preset_path), store)
-        from rrdtui.datacheck import check_data
+        from rrdtui.preflight import preflight
 
-        for planned in plan.runs:  # missing data: one line now, and no run row written
-            check_data(planned.config)
+        preflight(plan)  # missing data or an unusable teacher file: one line now, no run row written
         ids = create_runs(plan, store)
         spawn_worker(store, ids, detach=detach)
     finally:
@@ -173,17 +170,20 @@ def launch(preset_path: str, overrides: list[str], runs_dir, detach: bool = True
 
 
 def request_stop(store: Store, run_id: str) -> str:
-    """Ask a running trainer to stop cleanly: a flag in the store plus SIGTERM when it is local."""
+    """Ask a running trainer to stop cleanly: a flag in the store plus SIGTERM when it is local.
+
+    A queued run (waiting for its teacher, or for its trainer to start) is cancelled alone, by a
+    compare-and-set: if its trainer started it meanwhile, the stop goes to the running trainer.
+    """
     row = store.resolve_run(run_id)
     if row["status"] not in ("running", "queued"):
         raise StoreError(f"run {row['id']} is {row['status']}, not running")
-    if row["status"] == "queued":
-        # Not started yet (its teacher is training in the same process): cancel it alone.
-        store.update_run(row["id"], status="stopped", stop_requested=1, error="stopped before it started")
+    if row["status"] == "queued" and store.cancel_queued(row["id"]):
         store.event(row["id"], "info", "stopped before it started")
         return row["id"]
+    row = store.get_run(row["id"])
     store.update_run(row["id"], stop_requested=1)
-    if row.get("pid") and row.get("host") == socket.gethostname():
+    if row["status"] == "running" and row.get("pid") and row.get("host") == socket.gethostname():
         try:
             os.kill(row["pid"], signal.SIGTERM)
         except ProcessLookupError:
@@ -195,8 +195,6 @@ def request_stop(store: Store, run_id: str) -> str:
 def resume_chain(store: Store, run_id: str) -> list[str]:
     """The runs a resume must train, in order: an unfinished teacher of ours first, then the run."""
     row = store.resolve_run(run_id)
-    if row["status"] not in RESUMABLE:
-        raise StoreError(f"run {row['id']} is {row['status']}: only stopped, crashed or failed runs resume")
     chain = [row["id"]]
     if row.get("teacher_run"):
         teacher = store.get_run(row["teacher_run"])
@@ -206,8 +204,11 @@ def resume_chain(store: Store, run_id: str) -> list[str]:
 
 
 def resume(store: Store, run_id: str, detach: bool = True) -> tuple[list[str], subprocess.Popen]:
+    """Claim the run (and an unfinished teacher of ours) and start one trainer for them.
+
+    The claim is one compare-and-set on the rows: of two resumes at the same moment, one gets the
+    runs and the other a one-line StoreError naming the process that has them.
+    """
     ids = resume_chain(store, run_id)
-    for rid in ids:
-        store.update_run(rid, status="queued", stop_requested=0, error=None)
-        store.event(rid, "info", "resume requested")
+    store.claim(ids)
     return ids, spawn_worker(store, ids, detach=detach, resume=True)

@@ -9,8 +9,10 @@ Tables (schema versioned by migrations applied on open):
 - events: launch, resume, warnings and errors per run;
 - artifacts: small JSON objects per run (for example the final logit-correlation matrix).
 
-No daemon watches runs: whoever reads the store notices a running run whose process is gone or whose
-heartbeat is stale, and marks it crashed. This module imports neither torch nor any UI library.
+A run is owned by exactly one trainer, which holds an OS lock on `runs/<id>/lock` (rrdtui.ownership) for
+as long as it owns the run. Starting or resuming a run is a compare-and-set on its row (`claim`).
+No daemon watches runs: whoever reads the store applies the one liveness rule (`Store.alive`) and
+marks a run whose owner is gone crashed. This module imports neither torch nor any UI library.
 """
 
 from __future__ import annotations
@@ -22,16 +24,20 @@ import socket
 import sqlite3
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Iterable
 
 import sqlite_utils
 from sqlite_utils import Migrations
 
+from rrdtui.ownership import ACTIVE, RESUMABLE, RunLock, lock_held
+
 DB_NAME = "rrdtui.db"
 HEARTBEAT_SECONDS = 10.0
-# A run is crashed when its process is gone (same host) or its heartbeat is this old (any host).
+# On another host, a run whose heartbeat is this old is crashed (on this host the lock decides).
 STALE_SECONDS = 45.0
+HOST = socket.gethostname()
 
 
 class StoreError(Exception):
@@ -136,6 +142,43 @@ def m003_fingerprint_non_defaults(db: sqlite_utils.Database) -> None:
             db.execute("UPDATE runs SET config_hash = ? WHERE id = ?", [fingerprint(config), row["id"]])
 
 
+@migrations()
+def m004_unique_metrics(db: sqlite_utils.Database) -> None:
+    # One row per (run, name, step), enforced by the schema: a writer that replays a step replaces
+    # its row. Stores written before this kept duplicates (two trainers on one run): the newest wins.
+    db.execute("DROP TRIGGER IF EXISTS metrics_latest")
+    db.execute(
+        """
+        CREATE TABLE metrics_unique (
+          run_id TEXT, step INTEGER, epoch FLOAT, name TEXT, value FLOAT, time FLOAT,
+          UNIQUE (run_id, name, step)
+        )
+        """
+    )
+    db.execute(
+        """
+        INSERT INTO metrics_unique (run_id, step, epoch, name, value, time)
+        SELECT run_id, step, epoch, name, value, time FROM metrics
+        WHERE rowid IN (SELECT MAX(rowid) FROM metrics GROUP BY run_id, name, step)
+        ORDER BY rowid
+        """
+    )
+    db.execute("DROP TABLE metrics")
+    db.execute("ALTER TABLE metrics_unique RENAME TO metrics")
+    # The UNIQUE constraint's index serves the (run_id, name, step) lookups the old index served.
+    db.execute(
+        """
+        CREATE TRIGGER metrics_latest AFTER INSERT ON metrics BEGIN
+          INSERT INTO latest (run_id, name, step, epoch, value, time)
+          VALUES (NEW.run_id, NEW.name, NEW.step, NEW.epoch, NEW.value, NEW.time)
+          ON CONFLICT (run_id, name) DO UPDATE SET
+            step = excluded.step, epoch = excluded.epoch, value = excluded.value, time = excluded.time
+          WHERE excluded.step >= latest.step;
+        END
+        """
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # The store
 # ---------------------------------------------------------------------------------------------
@@ -162,28 +205,125 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-class Store:
-    """One connection to the run store. Cheap to open; not shared between threads."""
+def store_writable(runs_dir: str | os.PathLike[str]) -> bool:
+    """Whether a store in runs_dir can be written: its folder (where SQLite also keeps the -wal and
+    -shm files), or the nearest folder above that exists, and the database file when there is one.
+    False on a read-only file system for root too (access(2) answers EROFS to everyone). A path
+    that is not a folder counts as writable: opening it for writing says what is wrong with it."""
+    folder = Path(runs_dir)
+    db = folder / DB_NAME
+    if folder.exists() and not folder.is_dir():
+        return True
+    if db.exists():
+        return os.access(folder, os.W_OK | os.X_OK) and os.access(db, os.W_OK)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
 
-    def __init__(self, runs_dir: str | os.PathLike[str] | None = None):
+
+def read_only_message(path: Path) -> str:
+    return f"{path} is read-only: rrdtui can list and show its runs but not change them; choose a writable folder with --runs"
+
+
+def _store_problem(path: Path, exc: sqlite3.Error) -> str:
+    """One line for a database SQLite refused to open or read."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "readonly" in message or "read-only" in message:
+        return read_only_message(path)
+    if "locked" in message or "busy" in message:
+        return f"{path} is locked by another process ({message}): try again in a moment"
+    if "unable to open" in message:
+        return f"{path} cannot be opened ({message}): check that it is a file you may read, or choose another folder with --runs"
+    return f"{path} is not an rrdtui store ({message}): move it away or choose another folder with --runs"
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection that works on a read-only file system too.
+
+    A WAL database is read through its -shm file; where there is none and none can be made (a
+    read-only folder), no writer has it open, so the file is read as it is (`immutable=1`).
+    """
+    if not path.is_file():
+        raise StoreError(f"no store at {path}, and its folder is read-only: choose another folder with --runs")
+    uri = "file:" + urllib.parse.quote(str(path.resolve()))
+    failure: sqlite3.Error | None = None
+    for options in ("mode=ro", "mode=ro&immutable=1"):
+        conn = sqlite3.connect(f"{uri}?{options}", uri=True, timeout=60.0, check_same_thread=False)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError as exc:  # no -shm file and none can be made
+            conn.close()
+            failure = exc
+    assert failure is not None
+    raise failure
+
+
+class Store:
+    """One connection to the run store. Cheap to open; not shared between threads.
+
+    `readonly`: open the file read-only (a read-only folder or file system); writes then fail.
+    Without it, a store that cannot be written is refused. Either way a file that is not a store,
+    or not a database at all, raises StoreError with one line.
+    """
+
+    def __init__(self, runs_dir: str | os.PathLike[str] | None = None, readonly: bool = False):
         self.runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir()
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.runs_dir / DB_NAME
-        conn = sqlite3.connect(str(self.path), timeout=60.0, check_same_thread=False)
-        self.db = sqlite_utils.Database(conn)
-        self.db.execute("PRAGMA busy_timeout = 60000")
-        self._ensure_wal()
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self._migrate()
+        self.readonly = readonly
+        conn = None
+        try:
+            if readonly:
+                conn = _connect_read_only(self.path)
+            else:
+                if self.runs_dir.exists() and not self.runs_dir.is_dir():
+                    raise StoreError(f"{self.runs_dir} is a file, not a folder of runs: choose another folder with --runs")
+                if not store_writable(self.runs_dir):
+                    raise StoreError(read_only_message(self.path))
+                try:
+                    self.runs_dir.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(
+                        f"cannot make the runs folder {self.runs_dir} ({exc.strerror or exc}): "
+                        "choose another folder with --runs"
+                    ) from None
+                if self.path.is_dir():
+                    raise StoreError(f"{self.path} is a folder, not a store: move it away or choose another folder with --runs")
+                conn = sqlite3.connect(str(self.path), timeout=60.0, check_same_thread=False)
+            self.db = sqlite_utils.Database(conn)
+            self.db.execute("PRAGMA busy_timeout = 60000")
+            if not readonly:
+                self._ensure_wal()
+                self.db.execute("PRAGMA synchronous = NORMAL")
+            tables = set(self.db.table_names())
+            if readonly and not tables:
+                raise StoreError(f"{self.path} holds no runs yet and is read-only: choose another folder with --runs")
+            if tables and "runs" not in tables:
+                raise StoreError(
+                    f"{self.path} is not an rrdtui store (a database of something else): "
+                    "move it away or choose another folder with --runs"
+                )
+            self._migrate()
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise StoreError(_store_problem(self.path, exc)) from None
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
 
     def _ensure_wal(self) -> None:
-        # WAL lets readers never block the writer; it is a property of the file, set once.
-        for _ in range(50):
+        # WAL lets readers never block the writer; it is a property of the file, set once. Only a
+        # lock is worth waiting for: a file that is no database or cannot be written fails at once.
+        for attempt in range(50):
             try:
                 if self.db.journal_mode != "wal":
                     self.db.enable_wal()
                 return
-            except sqlite3.OperationalError:
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 49:
+                    raise
                 time.sleep(0.1)
 
     def _migrate(self) -> None:
@@ -191,6 +331,11 @@ class Store:
         # what is pending, so each migration runs exactly once.
         if not migrations.pending(self.db):
             return
+        if self.readonly:
+            raise StoreError(
+                f"{self.path} needs an upgrade to this version of rrdtui but is read-only: "
+                "open it once where it can be written"
+            )
         self.db.execute("BEGIN IMMEDIATE")
         try:
             migrations.apply(self.db)
@@ -210,10 +355,19 @@ class Store:
             if not self.db["runs"].count_where("id = ?", [run_id]):
                 return run_id
 
+    def run_dir(self, run_id: str) -> Path:
+        """A run's folder: always `<store folder>/<id>`, wherever the command runs from."""
+        return self.runs_dir.resolve() / run_id
+
     def create_run(self, config: dict[str, Any], **fields: Any) -> str:
-        """Insert a run row (status queued unless given) and make its folder; return its id."""
+        """Insert a run row (queued, owned by this process until its trainer takes over); return its id.
+
+        The row carries its creator's pid from the first moment, so a launcher that dies before it
+        starts a trainer leaves a run that reads crashed (and can be resumed or removed), never one
+        queued forever.
+        """
         run_id = fields.pop("id", None) or self.new_run_id()
-        run_dir = self.runs_dir / run_id
+        run_dir = self.run_dir(run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         method = config["method"]["name"]
         row = {
@@ -233,6 +387,8 @@ class Store:
             "step": 0,
             "run_dir": str(run_dir),
             "stop_requested": 0,
+            "pid": os.getpid(),
+            "host": HOST,
         }
         row.update(fields)
         self.db["runs"].insert(row)
@@ -281,7 +437,7 @@ class Store:
         )
         for row in rows:
             if not training_differences(json.loads(row["config"]), config):
-                return row
+                return self._present(row)
         return None
 
     def delete_run(self, run_id: str) -> None:
@@ -290,35 +446,128 @@ class Store:
                 self.db.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
             self.db.execute("DELETE FROM runs WHERE id = ?", [run_id])
 
-    def _check_liveness(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Mark a running run whose process is gone or whose heartbeat is stale as crashed.
+    # -- ownership and liveness ---------------------------------------------------------------
 
-        A queued run that carries a pid belongs to a trainer process that will start it; when that
-        process is gone, the run is crashed too (and resumable).
+    def alive(self, row: dict[str, Any]) -> bool:
+        """The one liveness rule: does this queued or running run have an owner that is still there?
+
+        On this host the run's lock decides: held means alive, whatever the heartbeat says (a
+        suspended trainer, a busy database). A queued run not yet locked belongs to the process that
+        queued it (a launcher, or a trainer that is starting) while that process lives. Runs trained
+        on another host are judged by their heartbeat.
         """
+        if (row.get("host") or HOST) == HOST:
+            if lock_held(self.run_dir(row["id"])):
+                return True
+            return row["status"] == "queued" and pid_alive(row.get("pid"))
+        beat = row.get("heartbeat") or row.get("started") or row.get("created") or _now()
+        return _now() - beat <= STALE_SECONDS
+
+    def _present(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A run row as readers see it: its folder resolved against this store's folder (rows written
+        from another working directory hold a relative one)."""
+        row["run_dir"] = str(self.run_dir(row["id"]))
+        return row
+
+    def _check_liveness(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Mark a queued or running run whose owner is gone crashed (and so resumable)."""
+        if row["status"] not in ACTIVE or self.alive(row):
+            return self._present(row)
+        beat = row.get("heartbeat") or row.get("started") or row.get("created") or _now()
         if row["status"] == "queued":
-            if not row.get("pid") or row.get("host") != socket.gethostname() or pid_alive(row["pid"]):
-                return row
-        elif row["status"] != "running":
-            return row
-        now = _now()
-        beat = row.get("heartbeat") or row.get("started") or row.get("created") or now
-        same_host = row.get("host") == socket.gethostname()
-        dead = (same_host and row.get("pid") and not pid_alive(row["pid"])) or now - beat > STALE_SECONDS
-        if not dead:
-            return row
-        message = "the trainer process is gone (no heartbeat since %s)" % time.strftime(
-            "%Y-%m-%d %H:%M:%S", time.localtime(beat)
-        )
-        # Conditional on the status still being running: a trainer that just finished wins.
+            message = "its launcher or trainer process is gone before it started"
+        else:
+            message = "the trainer process is gone (no heartbeat since %s)" % time.strftime(
+                "%Y-%m-%d %H:%M:%S", time.localtime(beat)
+            )
+        if self.readonly:  # a store we cannot write still shows the truth, just does not record it
+            return self._present({**row, "status": "crashed", "error": message})
+        # Compare-and-set on what was judged: an owner that just took over, finished or handed the
+        # run to a new process changed the row, and wins.
         cursor = self.db.execute(
-            "UPDATE runs SET status = 'crashed', error = ?, ended = ? WHERE id = ? AND status = ?",
-            [message, now, row["id"], row["status"]],
+            "UPDATE runs SET status = 'crashed', error = ?, ended = ? WHERE id = ? AND status = ? AND pid IS ?",
+            [message, _now(), row["id"], row["status"], row.get("pid")],
         )
+        self.db.conn.commit()
         if cursor.rowcount:
             self.event(row["id"], "error", f"marked crashed: {message}")
         fresh = list(self.db.query("SELECT * FROM runs WHERE id = ?", [row["id"]]))
-        return fresh[0] if fresh else row
+        return self._present(fresh[0] if fresh else row)
+
+    def claim(self, run_ids: list[str], action: str = "resume") -> None:
+        """Take runs for a new trainer: one compare-and-set, all or none (StoreError on a conflict).
+
+        Each run must be resumable (stopped, crashed or failed, after the liveness rule has judged
+        it); it becomes queued, owned by this process until the trainer it starts takes over.
+        """
+        for run_id in run_ids:  # settle liveness first: a dead owner's run becomes crashed
+            self.get_run(run_id)
+        conn = self.db.conn
+        conn.commit()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for run_id in run_ids:
+                row = conn.execute("SELECT status, pid, host FROM runs WHERE id = ?", [run_id]).fetchone()
+                if row is None:
+                    raise StoreError(f"no run '{run_id}' in {self.path}")
+                status, pid, host = row
+                if status in ACTIVE:
+                    where = f"pid {pid}" + (f" on {host}" if host and host != HOST else "")
+                    doing = "resumed" if status == "queued" else "trained"
+                    raise StoreError(f"run {run_id} is already being {doing} by {where}")
+                if status not in RESUMABLE:
+                    raise StoreError(f"run {run_id} is {status}: only stopped, crashed or failed runs {action}")
+            now = _now()
+            for run_id in run_ids:
+                conn.execute(
+                    "UPDATE runs SET status = 'queued', pid = ?, host = ?, stop_requested = 0, error = NULL, "
+                    "ended = NULL WHERE id = ?",
+                    [os.getpid(), HOST, run_id],
+                )
+                conn.execute(
+                    "INSERT INTO events (run_id, time, level, message) VALUES (?, ?, 'info', ?)",
+                    [run_id, now, f"{action} requested"],
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.rollback()
+            raise
+
+    def hand_over(self, run_ids: list[str], pid: int) -> None:
+        """The queued runs now belong to the trainer process `pid` (started by this launcher)."""
+        for run_id in run_ids:
+            self.db.execute(
+                "UPDATE runs SET pid = ?, host = ? WHERE id = ? AND status = 'queued'", [pid, HOST, run_id]
+            )
+        self.db.conn.commit()
+
+    def cancel_queued(self, run_id: str) -> bool:
+        """queued -> stopped, unless its trainer started it meanwhile (then False)."""
+        cursor = self.db.execute(
+            "UPDATE runs SET status = 'stopped', stop_requested = 1, error = 'stopped before it started', "
+            "ended = ? WHERE id = ? AND status = 'queued'",
+            [_now(), run_id],
+        )
+        self.db.conn.commit()
+        return cursor.rowcount == 1
+
+    def start_owned(self, run_id: str, **fields: Any) -> bool:
+        """queued -> running for the trainer that holds the run's lock; False if it was cancelled.
+
+        A compare-and-set: a stop that arrived while the run waited (it is now stopped) or anything
+        else that moved the row on makes this fail, and the trainer leaves the run alone. `started`
+        keeps the first start; a resume does not overwrite it.
+        """
+        now = _now()
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        cursor = self.db.execute(
+            "UPDATE runs SET status = 'running', pid = ?, host = ?, started = COALESCE(started, ?), heartbeat = ?, "
+            "ended = NULL, error = NULL" + (", " + assignments if assignments else "")
+            + " WHERE id = ? AND status = 'queued' AND stop_requested = 0",
+            [os.getpid(), HOST, now, now, *fields.values(), run_id],
+        )
+        self.db.conn.commit()
+        return cursor.rowcount == 1
 
     # -- metrics ------------------------------------------------------------------------------
 
@@ -329,7 +578,8 @@ class Store:
             return
         with self.db.atomic():
             self.db.conn.executemany(
-                "INSERT INTO metrics (run_id, step, epoch, name, value, time) VALUES (?, ?, ?, ?, ?, ?)", rows
+                "INSERT OR REPLACE INTO metrics (run_id, step, epoch, name, value, time) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
             )
 
     def metric_names(self, run_id: str) -> list[str]:
@@ -410,23 +660,24 @@ class RunReporter:
         self._lock = threading.Lock()
         self._beat_stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
+        self._run_lock: RunLock | None = None
 
-    def start(self, **fields: Any) -> None:
-        now = _now()
-        self.store.update_run(
-            self.run_id,
-            status="running",
-            pid=os.getpid(),
-            host=socket.gethostname(),
-            started=now,
-            heartbeat=now,
-            ended=None,
-            error=None,
-            stop_requested=0,
-            **fields,
-        )
+    def start(self, **fields: Any) -> bool:
+        """Mark the run running (compare-and-set from queued) and start the heartbeat.
+
+        False, and no heartbeat, when the run is no longer queued: a stop that came while it waited
+        is never lost by a start that resets it.
+        """
+        self._run_lock = RunLock(self.store.run_dir(self.run_id))
+        if not self._run_lock.acquire():
+            holder = self._run_lock.holder()
+            raise StoreError(f"run {self.run_id} is already being trained by pid {holder or '?'}")
+        if not self.store.start_owned(self.run_id, **fields):
+            self._run_lock.release()
+            return False
         self._beat_thread = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
         self._beat_thread.start()
+        return True
 
     def _beat(self) -> None:
         # Its own connection: sqlite3 connections are not to be shared across threads.
@@ -475,4 +726,9 @@ class RunReporter:
         self._beat_stop.set()
         if self._beat_thread is not None:
             self._beat_thread.join(timeout=5)
-        self.store.update_run(self.run_id, status=status, error=error, ended=_now(), heartbeat=_now(), **fields)
+        try:
+            self.store.update_run(self.run_id, status=status, error=error, ended=_now(), heartbeat=_now(), **fields)
+        finally:
+            # Only once the row says how the run ended: a reader never sees it running and unlocked.
+            if self._run_lock is not None:
+                self._run_lock.release()

@@ -56,4 +56,4 @@ def test_resume_chain_puts_an_unfinished_teacher_first(tiny_presets, tmp_path):
     assert resume_chain(store, student_id) == [student_id]
     store.update_run(student_id, status="completed")
     with pytest.raises(StoreError, match="only stopped, crashed or failed runs resume"):
-        resume_chain(store, student_id)
+        store.claim(resume_chain(store, student_id))

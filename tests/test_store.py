@@ -106,7 +106,7 @@ def test_older_store_is_migrated_once_keeping_its_rows(tmp_path):
     assert store.get_run("old00001")["name"] == "old"
     assert store.latest("old00001") == {"val/acc": 42.0}
     applied = [m.name for m in store_module.migrations.applied(store.db)]
-    assert applied == ["m001_initial", "m002_teacher_acc", "m003_fingerprint_non_defaults"]
+    assert applied == ["m001_initial", "m002_teacher_acc", "m003_fingerprint_non_defaults", "m004_unique_metrics"]
 
 
 def _open_concurrently(path: str, barrier) -> None:
@@ -127,7 +127,7 @@ def test_several_processes_opening_an_old_store_migrate_it_once(tmp_path):
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     rows = sqlite3.connect(tmp_path / "rrdtui.db").execute("SELECT name FROM _sqlite_migrations").fetchall()
-    assert sorted(r[0] for r in rows) == ["m001_initial", "m002_teacher_acc", "m003_fingerprint_non_defaults"]
+    assert sorted(r[0] for r in rows) == ["m001_initial", "m002_teacher_acc", "m003_fingerprint_non_defaults", "m004_unique_metrics"]
 
 
 def _writer(path: str, run_id: str, rows: int) -> None:

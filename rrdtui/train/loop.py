@@ -28,6 +28,7 @@ from rrdtui.train.methods import Forward, Method, build_method
 from rrdtui.train.models import build_model
 from rrdtui.train.sources import MemorySource, StreamSource, make_source
 from rrdtui.train.stats import logit_correlation_difference, similarity_stats
+from rrdtui.train.teacher import load_teacher as _load_teacher
 
 log = logging.getLogger("rrdtui.train")
 
@@ -99,31 +100,11 @@ def learning_rate(cfg: Config, epoch: int) -> float:
 
 
 def load_teacher(arch: str, path: str, num_classes: int, in_channels: int) -> nn.Module:
-    """Build the teacher, load its weights (ours or the published format) and freeze it."""
+    """The frozen teacher, read by rrdtui.train.teacher (the CLI's preflight reads it the same way)."""
     try:
-        obj = checkpoint.load(path)
-        state = checkpoint.model_state(obj)
+        return _load_teacher(arch, path, num_classes, in_channels)
     except checkpoint.CheckpointError as exc:
-        raise TrainError(f"teacher: {exc}") from None
-    model = build_model(arch, num_classes, in_channels=in_channels)
-    expected = model.state_dict()
-    for key, tensor in state.items():
-        if key in expected and expected[key].shape != tensor.shape and tensor.ndim == 2 and key.endswith("weight"):
-            if tensor.shape[1] == expected[key].shape[1]:
-                raise TrainError(
-                    f"teacher {path} predicts {tensor.shape[0]} classes but the data set has {num_classes}: "
-                    "use a teacher trained on this data set"
-                )
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise TrainError(
-            f"teacher {path} does not fit teacher.arch '{arch}' ({first}): check teacher.arch"
-        ) from None
-    model.eval()
-    model.requires_grad_(False)
-    return model
+        raise TrainError(str(exc)) from None
 
 
 def classifier_module(model: nn.Module) -> nn.Linear:
@@ -365,6 +346,12 @@ def train(
 
     # -- state: fresh or resumed --------------------------------------------------------------
     epoch, start_batch, step, best_acc, perm = 0, 0, 0, -1.0, None
+    # Device-side accumulators, read every log_every steps (one synchronisation per interval).
+    names = ["loss"] + [f"loss_{k}" for k in method.weights]
+    interval = torch.zeros(len(names) + 1, device=device, dtype=torch.float64)  # terms + correct
+    epoch_correct = torch.zeros((), device=device, dtype=torch.float64)
+    epoch_seen = 0
+    interval_steps, interval_images, interval_start = 0, 0, time.perf_counter()
     if resume_state is not None:
         state = resume_state
         student.load_state_dict(state["model"])
@@ -374,6 +361,12 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         epoch, start_batch, step, best_acc = state["epoch"], state["batch"], state["step"], state["best_acc"]
         perm = state["perm"].to(device) if state.get("perm") is not None else None
+        if state.get("interval") is not None:  # stopped mid-interval: carry on with its sums
+            held = state["interval"]
+            interval.copy_(held["sums"])
+            epoch_correct.copy_(held["epoch_correct"])
+            interval_steps, interval_images, epoch_seen = held["steps"], held["images"], held["epoch_seen"]
+            interval_start -= held["elapsed"]
         reporter.event("info", f"resumed from epoch {epoch}, step {step}")
         log.info("resumed from epoch %d, step %d", epoch, step)
 
@@ -381,6 +374,16 @@ def train(
         reporter.flush()  # every metric up to `step` is stored before the checkpoint that follows it
         checkpoint.save_atomic(
             {
+                # Mid-epoch, the sums not yet reported: a resumed run reports exactly the rows an
+                # uninterrupted one does (a stop writes no partial row of its own).
+                "interval": {
+                    "sums": interval.cpu(),
+                    "steps": interval_steps,
+                    "images": interval_images,
+                    "elapsed": time.perf_counter() - interval_start,
+                    "epoch_correct": epoch_correct.cpu(),
+                    "epoch_seen": epoch_seen,
+                },
                 "model": student.state_dict(),
                 "method": method.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -406,13 +409,6 @@ def train(
         cfg.student.arch, cfg.method.name, cfg.data.name, cfg.train.epochs, source.per_epoch, device,
     )  # fmt: skip
 
-    # Device-side accumulators, read every log_every steps (one synchronisation per interval).
-    names = ["loss"] + [f"loss_{k}" for k in method.weights]
-    interval = torch.zeros(len(names) + 1, device=device, dtype=torch.float64)  # terms + correct
-    epoch_correct = torch.zeros((), device=device, dtype=torch.float64)
-    epoch_seen = 0
-    interval_steps, interval_images, interval_start = 0, 0, time.perf_counter()
-
     def read_interval() -> None:
         nonlocal interval_steps, interval_images, interval_start
         values = interval.tolist()
@@ -429,7 +425,12 @@ def train(
         interval.zero_()
         interval_steps, interval_images, interval_start = 0, 0, time.perf_counter()
 
-    stopping = False
+    # A stop that came while the run was being built (data, models, teacher check) ends it here,
+    # before any step: the checkpoint it resumes from, if any, is the one it started from.
+    stopping = stop_flag() or reporter.stop_requested()
+    if stopping:
+        reporter.event("info", f"stopped at epoch {epoch}, step {step}, before training; resumable")
+        log.info("stopped before training (epoch %d, step %d)", epoch, step)
     val_acc = None
     while epoch < cfg.train.epochs and not stopping:
         lr = learning_rate(cfg, epoch)
@@ -457,8 +458,6 @@ def train(
             if stop_flag():
                 stopping = True
             if stopping:
-                if interval_steps:
-                    read_interval()
                 save(epoch, i + 1, perm)
                 reporter.event("info", f"stopped at epoch {epoch}, step {step}; resumable")
                 log.info("stopped at epoch %d step %d; checkpoint written", epoch, step)

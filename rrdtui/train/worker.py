@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from rrdtui.config import ConfigError, from_mapping
-from rrdtui.store import RunReporter, Store
+from rrdtui.store import RunReporter, Store, StoreError
 
 log = logging.getLogger("rrdtui.train")
 _stop = threading.Event()
@@ -50,7 +50,7 @@ def teacher_checkpoint(store: Store, row: dict, cfg) -> str | None:
             raise RuntimeError(f"teacher run {row['teacher_run']} is not in the store")
         if teacher["status"] != "completed":
             raise RuntimeError(f"teacher run {teacher['id']} ended as {teacher['status']}, not completed")
-        return str(Path(teacher["run_dir"]) / "last.pt")
+        return str(store.run_dir(teacher["id"]) / "last.pt")
     return None
 
 
@@ -65,11 +65,17 @@ def run_one(store: Store, run_id: str, resume: bool) -> str:
     if row is None:
         print(f"rrdtui worker: no run {run_id} in {store.path}", file=sys.stderr)
         return "failed"
-    run_dir = Path(row["run_dir"])
+    run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = _log_to(run_dir / "train.log")
     reporter = RunReporter(store, run_id)
-    reporter.start()
+    try:
+        started = reporter.start()  # takes the run's lock, then queued -> running
+    except StoreError as exc:  # another trainer owns it: leave the run and its row alone
+        print(f"rrdtui worker: {exc}", file=sys.stderr)
+        return "owned"
+    if not started:  # stopped while it waited for its turn (or for this process to start)
+        return store.get_run(run_id)["status"]
+    handler = _log_to(run_dir / "train.log")
     store.event(run_id, "info", "resumed" if resume else "started")
     status, error = "failed", None
     try:
@@ -99,8 +105,7 @@ def run_one(store: Store, run_id: str, resume: bool) -> str:
             reporter.finish(status, error=error)
         except Exception:  # the store itself failing (full disk): leave the row for liveness to judge
             log.error("could not record the run's end:\n%s", traceback.format_exc())
-        if error:
-            store.event(run_id, "error", error)
+        store.event(run_id, "error" if error else "info", error or f"ended {status}")
         log.removeHandler(handler)
         handler.close()
     return status
@@ -121,15 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args.runs)
     statuses = []
     for position, run_id in enumerate(args.run_ids):
-        row = store.get_run(run_id)
-        if row is not None and row["status"] == "stopped" and row["stop_requested"]:
-            statuses.append("stopped")  # cancelled while it waited for the runs before it
-            continue
         status = run_one(store, run_id, args.resume)
         statuses.append(status)
+        if status == "owned":
+            break  # another trainer has this run (and so its students): nothing here is ours to mark
         if status != "completed":
             # The runs after this one (students of this teacher) cannot start: say why in each.
             for later in args.run_ids[position + 1 :]:
+                if store.get_run(later)["status"] != "queued":
+                    continue  # stopped by the user meanwhile: its own reason stands
                 reason = f"not started: run {run_id} before it ended as {status}"
                 store.update_run(later, status="stopped" if status == "stopped" else "failed", error=reason)
                 store.event(later, "error", reason)

@@ -49,9 +49,9 @@ def open_store(runs_dir: Path) -> Iterator[Store]:
     The store module (sqlite-utils, which pulls in numpy when it is installed) is imported here, in
     the first worker, so the dashboard draws its first frame without waiting for it.
     """
-    from rrdtui.store import Store
+    from rrdtui.store import Store, store_writable
 
-    store = Store(runs_dir)
+    store = Store(runs_dir, readonly=not store_writable(runs_dir))  # a read-only store is still shown
     try:
         yield store
     finally:

@@ -21,6 +21,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Log, Static, TabbedContent, TabPane, Tabs
 
 from rrdtui.plotting import Curve, Figure, Ref
+from rrdtui.ownership import RESUMABLE
 from rrdtui.tui.model import (
     STATUS_STYLES,
     LogTail,
@@ -59,7 +60,6 @@ TABS = ("loss", "acc", "out", "feat", "ent", "info", "log")
 TAB_NAMES = {"loss": "Loss", "acc": "Accuracy", "out": "Outputs", "feat": "Features", "ent": "Entropy", "info": "Info",
              "log": "Log"}  # fmt: skip
 ACTIVE = ("running", "queued")
-RESUMABLE = ("stopped", "crashed", "failed")  # as rrdtui.launcher.resume accepts
 
 
 class DetailLoaded(Message):
