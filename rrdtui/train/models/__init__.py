@@ -2,7 +2,10 @@
 
 Every model from :func:`build_model` provides ``model(x) -> logits``,
 ``model.forward_with_features(x) -> (feat, logits)`` (one forward pass; ``feat``
-is the pooled input of the final Linear) and ``model.feat_dim``.
+is the pooled input of the final Linear), ``model.feat_dim`` and
+``model.forward_with_maps(x, preact=False) -> (maps, feat, logits)`` (one pass;
+``maps`` are the intermediate feature maps, see each family's module docstring);
+:func:`map_shapes` gives the maps' (C, H, W) for sizing connectors.
 
 The CIFAR models reproduce the published checkpoints' state-dict layout exactly
 (see tests/data/cifar_state_dicts.json), so ``{"model": state_dict}`` teacher
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from .base import CifarNet
@@ -56,4 +60,24 @@ def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     )
 
 
-__all__ = ["CIFAR_ARCHS", "TORCHVISION_ARCHS", "CifarNet", "build_model"]
+def map_shapes(model: nn.Module, in_channels: int, image_size: int = 32) -> list[tuple[int, int, int]]:
+    """(C, H, W) of each map ``model.forward_with_maps`` returns for ``image_size``-square inputs.
+
+    Runs one dummy forward (batch 1, on the model's device and dtype) in eval
+    mode under ``no_grad``, so BN running statistics are untouched; every
+    submodule's training flag is restored afterwards.
+    """
+    param = next(model.parameters())
+    x = torch.zeros(1, in_channels, image_size, image_size, device=param.device, dtype=param.dtype)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            maps, _, _ = model.forward_with_maps(x)
+    finally:
+        for m, training in modes:
+            m.training = training
+    return [(int(t.shape[1]), int(t.shape[2]), int(t.shape[3])) for t in maps]
+
+
+__all__ = ["CIFAR_ARCHS", "TORCHVISION_ARCHS", "CifarNet", "build_model", "map_shapes"]

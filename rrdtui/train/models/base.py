@@ -1,9 +1,17 @@
 """Shared base class and helpers for the CIFAR model zoo.
 
-Every CIFAR architecture subclasses :class:`CifarNet` and implements only
+Every CIFAR architecture subclasses :class:`CifarNet` and implements
 ``features(x)``: the globally average-pooled, flattened activation that feeds the
 final ``nn.Linear``. ``forward`` and ``forward_with_features`` are derived from
 it, so both always run exactly one pass through the backbone.
+
+For distillers that match intermediate activations (FitNets, AT, OFD, ...) each
+architecture also implements ``_maps_and_feat(x, preact)``, from which
+:meth:`CifarNet.forward_with_maps` returns ``(maps, feat, logits)`` -- again one
+pass. ``maps`` are RepDistiller's ``model(x, is_feat=True, preact=preact)``
+feature list without its last (pooled) entry; each family's module documents
+its choice of tensors. It is a separate code path on purpose: ``features`` (the
+training loop's hot path) stays free of bookkeeping.
 
 The classifier's attribute name differs between families (``fc``, ``linear``,
 ``classifier``) because it must match the published checkpoints' state-dict
@@ -38,6 +46,36 @@ class CifarNet(nn.Module):
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feat = self.features(x)
         return feat, self.classify(feat)
+
+    def _maps_and_feat(self, x: torch.Tensor, preact: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Return (intermediate maps, pooled feature) from one backbone pass."""
+        raise NotImplementedError
+
+    def forward_with_maps(
+        self, x: torch.Tensor, preact: bool = False
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """One pass returning ``(maps, feat, logits)``.
+
+        ``maps`` is ``[stem output, stage-1 output, ..., last-stage output]`` as
+        RepDistiller's ``is_feat=True`` list (minus its pooled last entry);
+        ``preact=True`` swaps in the pre-activation tensors where the reference
+        defines them. ``feat``/``logits`` equal ``forward_with_features(x)``.
+        """
+        maps, feat = self._maps_and_feat(x, preact)
+        return maps, feat, self.classify(feat)
+
+
+def run_stage_with_preact(stage: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a stage of blocks; return (output, pre-activation output of its last block).
+
+    The last block must accept ``return_preact=True`` and then return
+    ``(out, preact)`` -- the tensor it feeds to its final ReLU, as the
+    reference's ``is_last`` blocks do.
+    """
+    last = len(stage) - 1
+    for i in range(last):
+        x = stage[i](x)
+    return stage[last](x, return_preact=True)
 
 
 def global_pool(x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,12 @@ at stride 1 (ImageNet uses 2), plain ReLU rather than ReLU6, and a full 1280
 channel last conv even at width 0.5. The classifier is ``Sequential(Linear)``
 (keys ``classifier.0.*``). Every inverted-residual block keeps its 1x1
 expansion conv even when t=1 (the first block), unlike torchvision's version.
+
+``forward_with_maps`` (RepDistiller's ``is_feat`` list): ``f0`` = ``conv1``
+output (post-ReLU); ``f1``, ``f2``, ``f3``, ``f4`` = outputs of stages
+``blocks[1]``, ``blocks[2]``, ``blocks[4]``, ``blocks[6]`` (linear bottlenecks,
+no ReLU, so they can be negative). The last 1x1 ``conv2`` is not a map. The
+reference defines no pre-activation variant, so ``preact`` is ignored.
 """
 
 from __future__ import annotations
@@ -76,6 +82,18 @@ class CifarMobileNetV2(CifarNet):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return global_pool(self.conv2(self.blocks(self.conv1(x))))
+
+    #: stages whose outputs are maps f1..f4 (the reference's choice)
+    _MAP_STAGES = (1, 2, 4, 6)
+
+    def _maps_and_feat(self, x: torch.Tensor, preact: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = self.conv1(x)
+        maps = [x]
+        for i, stage in enumerate(self.blocks):
+            x = stage(x)
+            if i in self._MAP_STAGES:
+                maps.append(x)
+        return maps, global_pool(self.conv2(x))
 
 
 def build_mobilenetv2(num_classes: int, in_channels: int = 3) -> CifarMobileNetV2:

@@ -5,6 +5,11 @@ stages of ``n`` basic blocks at 32x32 / 16x16 / 8x8, global average pool, ``fc``
 The first block of a stage gets a ``downsample`` (1x1 conv + BN) projection when
 its stride or channel count changes -- for the x4 variants that includes
 stage 1 (stem 32 -> 64 channels).
+
+``forward_with_maps`` (RepDistiller's ``is_feat`` list): ``f0`` = stem after
+BN+ReLU, ``f1..f3`` = output of ``layer1..layer3`` (post-ReLU). With
+``preact=True`` ``f1..f3`` are instead the last block's pre-ReLU sum
+(residual branch + shortcut) of each stage; ``f0`` is unchanged.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CifarNet, conv1x1, conv3x3, global_pool, init_weights
+from .base import CifarNet, conv1x1, conv3x3, global_pool, init_weights, run_stage_with_preact
 
 
 class BasicBlock(nn.Module):
@@ -27,10 +32,14 @@ class BasicBlock(nn.Module):
         if stride != 1 or in_ch != out_ch:
             self.downsample = nn.Sequential(conv1x1(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_preact: bool = False):
+        """``return_preact=True`` returns ``(out, preact)``: the sum before the final ReLU."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
+        if return_preact:
+            preact = out + shortcut
+            return F.relu(preact), preact
         return F.relu(out + shortcut)
 
 
@@ -62,6 +71,14 @@ class CifarResNet(CifarNet):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return global_pool(x)
+
+    def _maps_and_feat(self, x: torch.Tensor, preact: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = F.relu(self.bn1(self.conv1(x)))
+        maps = [x]
+        for stage in (self.layer1, self.layer2, self.layer3):
+            x, pre = run_stage_with_preact(stage, x)
+            maps.append(pre if preact else x)
+        return maps, global_pool(x)
 
 
 _NARROW = (16, 16, 32, 64)

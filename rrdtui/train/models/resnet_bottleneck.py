@@ -4,6 +4,10 @@ Differences from torchvision's ``resnet50`` (which is why the two names are
 kept apart, ``ResNet50`` vs ``resnet50``): a 3x3 stride-1 stem without max-pool,
 projection shortcuts named ``shortcut`` rather than ``downsample``, and the
 classifier named ``linear``.
+
+``forward_with_maps`` follows RepDistiller's ``resnetv2.ResNet50``: ``f0`` =
+stem after BN+ReLU, ``f1..f4`` = output of ``layer1..layer4`` (post-ReLU); with
+``preact=True`` ``f1..f4`` are the last bottleneck's pre-ReLU sum of each stage.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CifarNet, conv1x1, conv3x3, global_pool, init_weights
+from .base import CifarNet, conv1x1, conv3x3, global_pool, init_weights, run_stage_with_preact
 
 EXPANSION = 4
 
@@ -32,10 +36,14 @@ class Bottleneck(nn.Module):
         if stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(conv1x1(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_preact: bool = False):
+        """``return_preact=True`` returns ``(out, preact)``: the sum before the final ReLU."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        if return_preact:
+            preact = out + self.shortcut(x)
+            return F.relu(preact), preact
         return F.relu(out + self.shortcut(x))
 
 
@@ -66,6 +74,14 @@ class CifarBottleneckResNet(CifarNet):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return global_pool(x)
+
+    def _maps_and_feat(self, x: torch.Tensor, preact: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = F.relu(self.bn1(self.conv1(x)))
+        maps = [x]
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x, pre = run_stage_with_preact(stage, x)
+            maps.append(pre if preact else x)
+        return maps, global_pool(x)
 
 
 def build_resnet50(num_classes: int, in_channels: int = 3) -> CifarBottleneckResNet:

@@ -3,6 +3,16 @@
 Both use a 1x1 (!) 24-channel stem conv with no spatial downsampling; the
 three stages each start with a stride-2 unit (32 -> 16 -> 8 -> 4), then global
 average pooling and a ``linear`` classifier.
+
+``forward_with_maps`` (RepDistiller's ``is_feat`` list), both versions: ``f0`` =
+stem after BN+ReLU, ``f1..f3`` = outputs of ``layer1..layer3`` (post-ReLU; for
+V2 that is before ``conv2``/``bn2``, which only feed the pooled feature). With
+``preact=True``, ``f1..f3`` come from each stage's last unit instead:
+
+* V1: the sum (or, for a stride-2 unit, the concatenation) before its final ReLU.
+* V2: ``cat([kept half, bn3 output of the branch before its ReLU])`` -- *not*
+  channel-shuffled, exactly as the reference returns it, so its channel order
+  differs from the post-activation map's.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CifarNet, conv1x1, global_pool, init_weights
+from .base import CifarNet, conv1x1, global_pool, init_weights, run_stage_with_preact
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -48,14 +58,18 @@ class ShuffleV1Unit(nn.Module):
         self.conv3 = conv1x1(mid, branch_ch, groups=groups)
         self.bn3 = nn.BatchNorm2d(branch_ch)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_preact: bool = False):
+        """``return_preact=True`` returns ``(out, preact)``: the tensor before the final ReLU."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = channel_shuffle(out, self.first_groups)
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.stride == 2:
-            return F.relu(torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], 1))
-        return F.relu(out + x)
+            preact = torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], 1)
+        else:
+            preact = out + x
+        out = F.relu(preact)
+        return (out, preact) if return_preact else out
 
 
 class ShuffleNetV1(CifarNet):
@@ -81,6 +95,14 @@ class ShuffleNetV1(CifarNet):
         x = F.relu(self.bn1(self.conv1(x)))
         return global_pool(self.layer3(self.layer2(self.layer1(x))))
 
+    def _maps_and_feat(self, x: torch.Tensor, preact: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = F.relu(self.bn1(self.conv1(x)))
+        maps = [x]
+        for stage in (self.layer1, self.layer2, self.layer3):
+            x, pre = run_stage_with_preact(stage, x)
+            maps.append(pre if preact else x)
+        return maps, global_pool(x)
+
 
 # ---------------------------------------------------------------- ShuffleNet V2
 
@@ -98,11 +120,16 @@ class ShuffleV2Unit(nn.Module):
         self.conv3 = conv1x1(half, half)
         self.bn3 = nn.BatchNorm2d(half)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_preact: bool = False):
+        """``return_preact=True`` also returns ``cat([keep, branch before its last ReLU])`` (unshuffled)."""
         half = x.shape[1] // 2
         keep, work = x[:, :half], x[:, half:]
         work = F.relu(self.bn1(self.conv1(work)))
         work = self.bn2(self.conv2(work))
+        if return_preact:
+            pre = self.bn3(self.conv3(work))
+            out = channel_shuffle(torch.cat([keep, F.relu(pre)], 1), 2)
+            return out, torch.cat([keep, pre], 1)
         work = F.relu(self.bn3(self.conv3(work)))
         return channel_shuffle(torch.cat([keep, work], 1), 2)
 
@@ -160,6 +187,14 @@ class ShuffleNetV2(CifarNet):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return global_pool(F.relu(self.bn2(self.conv2(x))))
+
+    def _maps_and_feat(self, x: torch.Tensor, preact: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = F.relu(self.bn1(self.conv1(x)))
+        maps = [x]
+        for stage in (self.layer1, self.layer2, self.layer3):
+            x, pre = run_stage_with_preact(stage, x)
+            maps.append(pre if preact else x)
+        return maps, global_pool(F.relu(self.bn2(self.conv2(x))))
 
 
 def build_shufflev1(num_classes: int, in_channels: int = 3) -> ShuffleNetV1:

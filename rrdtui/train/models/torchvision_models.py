@@ -12,6 +12,9 @@ that records that layer's input -- by definition the penultimate feature. We
 chose this over a wrapper module (would prefix every key) or over rewriting each
 family's forward (fragile across ~80 architectures). The hook exists only for
 the duration of the call, so plain ``model(x)`` is untouched.
+
+``forward_with_maps`` works the same way: temporary forward hooks on the
+backbone's stage modules record their outputs during the one normal forward.
 """
 
 from __future__ import annotations
@@ -45,6 +48,60 @@ class TorchvisionFeatures:
             handle.remove()
         return torch.flatten(captured[-1], 1), logits
 
+    def forward_with_maps(
+        self, x: torch.Tensor, preact: bool = False
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """One forward pass returning ``(maps, feat, logits)``; ``feat``/``logits`` as ``forward_with_features``.
+
+        ``maps`` per family (all (B, C, H, W), in execution order):
+
+        * ResNet / ResNeXt / Wide ResNet: the stem's output (after
+          conv1/bn1/relu/maxpool) and the outputs of ``layer1``..``layer4``.
+        * VisionTransformer (no spatial hierarchy): the patch embedding
+          (``conv_proj``) and the encoder blocks' outputs at the end of each
+          quarter of the depth, patch tokens only (class token dropped) laid out
+          as a (hidden_dim, H/patch, W/patch) grid.
+        * Every other family: the outputs of the backbone's stage modules (the
+          children of ``features``; of ``layers`` for MNASNet; ``stem`` + the
+          children of ``trunk_output`` for RegNet; ``stem`` + the children of
+          ``blocks`` for MaxViT; the top-level modules before the head for
+          GoogLeNet / Inception3 / ShuffleNetV2), keeping the last output at
+          each spatial resolution: the tensor just before each downsampling,
+          plus the backbone's final output. A height under 3/4 of the current
+          stage's first one starts a new stage, so Inception's unpadded 3x3
+          convs (149 -> 147) do not. Swin's channels-last outputs are permuted
+          to (B, C, H, W). For these families the number of maps can depend on
+          the input size (small inputs collapse late stages to 1x1, which then
+          merge); use ``map_shapes`` with the real image size.
+
+        ``preact`` is accepted for interface parity but ignored: torchvision
+        blocks apply their last activation internally (often in place), so no
+        clean pre-activation tensor exists and the maps are post-activation.
+        Maps are whatever the modules output (e.g. DenseNet's last map is
+        ``norm5``'s output, which the model's forward then ReLUs in place, so it
+        holds the post-ReLU values).
+        """
+        del preact  # see docstring
+        modules, layout = _map_plan(self)
+        outputs: list[torch.Tensor] = []
+        captured: list[torch.Tensor] = []
+
+        def grab_output(_module: nn.Module, _args: tuple, output) -> None:
+            if isinstance(output, torch.Tensor):
+                outputs.append(output)
+
+        def grab_input(_module: nn.Module, args: tuple) -> None:
+            captured.append(args[0])
+
+        handles = [m.register_forward_hook(grab_output) for m in modules]
+        handles.append(self.get_submodule(self._head_name).register_forward_pre_hook(grab_input))
+        try:
+            logits = self(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return _select_maps(outputs, layout), torch.flatten(captured[-1], 1), logits
+
     def __reduce_ex__(self, protocol):
         # The per-class subclass is created at runtime and cannot be pickled by
         # name; rebuild it from the (importable) torchvision base class instead.
@@ -61,6 +118,59 @@ def _restore(base: type[nn.Module], state: dict) -> nn.Module:
     obj = base.__new__(_features_class(base))
     obj.__setstate__(state)
     return obj
+
+
+# Top-level containers whose children are the backbone's stages, in execution order.
+_STAGE_CONTAINERS = ("features", "layers", "trunk_output", "blocks")
+# Top-level modules that belong to the head (or an auxiliary head), not the backbone.
+_HEAD_NAMES = frozenset(
+    {"avgpool", "dropout", "flatten", "classifier", "fc", "head", "heads", "norm", "permute"}
+    | {"aux1", "aux2", "AuxLogits"}  # GoogLeNet's and Inception3's auxiliary classifiers
+)
+
+
+def _map_plan(model: nn.Module) -> tuple[list[nn.Module], str]:
+    """Modules to hook for ``forward_with_maps`` and how to turn their outputs into maps."""
+    import torchvision.models as tvm  # already imported: the model is a torchvision model
+
+    if isinstance(model, tvm.ResNet):
+        return [model.maxpool, model.layer1, model.layer2, model.layer3, model.layer4], "all"
+    if isinstance(model, tvm.VisionTransformer):
+        blocks = list(model.encoder.layers)
+        n = len(blocks)
+        ends = sorted({max(1, n * q // 4) - 1 for q in (1, 2, 3, 4)})
+        return [model.conv_proj, *(blocks[i] for i in ends)], "tokens"
+    modules: list[nn.Module] = []
+    for name, child in model.named_children():
+        if name in _STAGE_CONTAINERS:
+            modules.extend(child.children())
+        elif name not in _HEAD_NAMES:
+            modules.append(child)
+    return modules, ("channels_last" if isinstance(model, tvm.SwinTransformer) else "per_resolution")
+
+
+def _select_maps(outputs: list[torch.Tensor], layout: str) -> list[torch.Tensor]:
+    if layout == "all":
+        return outputs
+    if layout == "tokens":
+        # outputs[0]: conv_proj's (B, D, h, w); the rest: (B, 1 + h*w, D) with the class token first.
+        b, d, h, w = outputs[0].shape
+        return [outputs[0], *(t[:, 1:].transpose(1, 2).reshape(b, d, h, w) for t in outputs[1:])]
+    maps: list[torch.Tensor] = []
+    stage_height = 0  # height of the first output of the current resolution stage
+    for t in outputs:
+        if t.dim() != 4:
+            continue
+        if layout == "channels_last":
+            t = t.permute(0, 3, 1, 2)
+        if maps and 4 * t.shape[2] > 3 * stage_height:
+            # Same stage: same resolution, or only shrunk by a padding-free conv
+            # (Inception's 149 -> 147): keep the later, deeper output.
+            maps[-1] = t
+        else:
+            maps.append(t)
+            stage_height = t.shape[2]
+    return maps
 
 
 def _last_linear_name(model: nn.Module) -> str:

@@ -4,12 +4,20 @@ Five conv blocks (``block0``..``block4``), each a Sequential of
 (conv3x3 with bias, BN, ReLU) triples, so checkpoint keys are ``blockB.{3i}``
 for the conv and ``blockB.{3i+1}`` for its BN. Between blocks: 2x2 max-pools;
 after the last block: global average pool and a single ``classifier`` Linear
-(no VGG-style MLP head).
+(no VGG-style MLP head). Each block ends with its ReLU module here, whereas the
+reference applies that last ReLU in ``forward``; neither has state, so the
+state dicts are identical.
+
+``forward_with_maps`` (RepDistiller's ``is_feat`` list): ``f0..f4`` = outputs
+of ``block0..block4`` after their final ReLU, before any pooling. With
+``preact=True`` ``f1..f4`` are the same blocks' last BN output (before the
+ReLU); ``f0`` stays post-ReLU, as in the reference.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import CifarNet, global_pool, init_weights
@@ -60,6 +68,28 @@ class CifarVGG(CifarNet):
             x = self.pool(x)
         x = self.block4(x)
         return global_pool(x)
+
+    @staticmethod
+    def _run_block(block: nn.Sequential, x: torch.Tensor, preact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (block output, the map to record): the pre-ReLU BN output when ``preact``."""
+        if not preact:
+            x = block(x)
+            return x, x
+        last = len(block) - 1  # block[last] is the in-place ReLU: apply an out-of-place one instead
+        for i in range(last):
+            x = block[i](x)
+        return F.relu(x), x
+
+    def _maps_and_feat(self, x: torch.Tensor, preact: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        height = x.shape[2]
+        f0 = self.block0(x)  # post-ReLU even with preact, as in the reference
+        x, f1 = self._run_block(self.block1, self.pool(f0), preact)
+        x, f2 = self._run_block(self.block2, self.pool(x), preact)
+        x, f3 = self._run_block(self.block3, self.pool(x), preact)
+        if height == 64:
+            x = self.pool(x)
+        x, f4 = self._run_block(self.block4, x, preact)
+        return [f0, f1, f2, f3, f4], global_pool(x)
 
 
 def build_vgg(name: str, num_classes: int, in_channels: int = 3) -> CifarVGG:

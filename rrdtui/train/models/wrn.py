@@ -3,6 +3,16 @@
 Pre-activation blocks (BN-ReLU-conv). ``depth = 6n + 4`` gives ``n`` blocks per
 stage, stage widths are (16k, 32k, 64k) after a 16-channel stem, and a final
 BN+ReLU precedes pooling, so the feature fed to ``fc`` is post-activation.
+
+``forward_with_maps`` (RepDistiller's ``is_feat`` list): ``f0`` = raw output of
+``conv1``; ``f1..f3`` = raw outputs of ``block1..block3`` (residual sums: no
+BN/ReLU applied -- in particular ``f3`` is taken *before* the final
+``bn1``+ReLU, as in the reference). With ``preact=True`` each of ``f1..f3`` is
+replaced by the BN that next consumes it, before its ReLU: ``f1`` ->
+``block2.layer[0].bn1(f1)``, ``f2`` -> ``block3.layer[0].bn1(f2)``, ``f3`` ->
+``bn1(f3)``; ``f0`` is unchanged. The reference calls those BNs a second time
+for this; here the tensors are taken from the single pass, so the values are
+the same and BN running statistics are updated only once per forward.
 """
 
 from __future__ import annotations
@@ -25,12 +35,16 @@ class PreActBlock(nn.Module):
         self.conv2 = conv3x3(out_ch, out_ch)
         self.convShortcut = conv1x1(in_ch, out_ch, stride) if in_ch != out_ch else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act = F.relu(self.bn1(x))
+    def forward(self, x: torch.Tensor, return_input_bn: bool = False):
+        """``return_input_bn=True`` returns ``(out, bn1(x))``: the input's BN before its ReLU."""
+        normed = self.bn1(x)
+        act = F.relu(normed)
         out = self.conv2(F.relu(self.bn2(self.conv1(act))))
         # As in the reference: an identity shortcut carries the raw input, but a
         # projection shortcut is applied to the *pre-activated* input.
         shortcut = x if self.convShortcut is None else self.convShortcut(act)
+        if return_input_bn:
+            return out + shortcut, normed
         return out + shortcut
 
 
@@ -43,8 +57,14 @@ class WRNStage(nn.Module):
             *[PreActBlock(in_ch if i == 0 else out_ch, out_ch, stride if i == 0 else 1) for i in range(n)]
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
+    def forward(self, x: torch.Tensor, return_input_bn: bool = False):
+        """``return_input_bn=True`` returns ``(out, first block's bn1(x))``."""
+        if not return_input_bn:
+            return self.layer(x)
+        x, normed = self.layer[0](x, return_input_bn=True)
+        for i in range(1, len(self.layer)):
+            x = self.layer[i](x)
+        return x, normed
 
 
 class WideResNet(CifarNet):
@@ -68,6 +88,16 @@ class WideResNet(CifarNet):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
         return global_pool(F.relu(self.bn1(x)))
+
+    def _maps_and_feat(self, x: torch.Tensor, preact: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        f0 = self.conv1(x)
+        f1 = self.block1(f0)
+        f2, f1_pre = self.block2(f1, return_input_bn=True)
+        f3, f2_pre = self.block3(f2, return_input_bn=True)
+        f3_pre = self.bn1(f3)
+        feat = global_pool(F.relu(f3_pre))
+        maps = [f0, f1_pre, f2_pre, f3_pre] if preact else [f0, f1, f2, f3]
+        return maps, feat
 
 
 # name -> (depth, widen factor)
