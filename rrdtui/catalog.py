@@ -39,13 +39,4 @@ DATASETS = (
     "tiny_imagenet",
 )  # fmt: skip
 
-# Loss weights per method, from RRD.md: L = gamma*CE + alpha*KD + beta*(RRD or CRD).
-METHOD_WEIGHTS = {
-    "none": {"gamma": 1.0, "alpha": 0.0, "beta": 0.0},
-    "kd": {"gamma": 0.1, "alpha": 0.9, "beta": 0.0},
-    "rrd": {"gamma": 1.0, "alpha": 0.0, "beta": 1.0},
-    "rrd+kd": {"gamma": 1.0, "alpha": 1.0, "beta": 1.0},
-    "crd": {"gamma": 1.0, "alpha": 0.0, "beta": 0.8},
-    "crd+kd": {"gamma": 1.0, "alpha": 1.0, "beta": 0.8},
-}
-METHODS = tuple(METHOD_WEIGHTS)
+# The methods and their default weights live in rrdtui.registry (one module per method).

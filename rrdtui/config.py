@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from rrdtui.catalog import ARCHS, DATASETS, METHOD_WEIGHTS, METHODS
+from rrdtui.catalog import ARCHS, DATASETS
+from rrdtui.registry import method_info, method_names
 
 
 class ConfigError(Exception):
@@ -76,6 +77,8 @@ class MethodConfig:
     crd_nce_t: float = 0.07
     crd_momentum: float = 0.5
     crd_negatives: int = 16384
+    # Settings of the chosen method beyond those above, declared (with defaults) in its module's SPEC.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -188,6 +191,8 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return value as type tp, or raise ConfigError naming the key (the caller adds the file)."""
+    if tp is Any:
+        return value
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -266,9 +271,25 @@ def _check_positive(key: str, value: float | int) -> None:
         raise ConfigError(f"{key} must be > 0, got {value}")
 
 
+def _method_options(given: dict[str, Any], declared: dict[str, Any], method: str) -> dict[str, Any]:
+    """The method's options: its SPEC's defaults, overridden by the preset's (same types)."""
+    for key in given:
+        if key not in declared:
+            known = ", ".join(declared) or "none"
+            close = difflib.get_close_matches(key, list(declared), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"unknown key 'method.options.{key}' for method '{method}' ({hint}its options: {known})")
+    resolved = dict(declared)
+    for key, value in given.items():
+        default = declared[key]
+        tp = Any if default is None else list[Any] if isinstance(default, list) else type(default)
+        resolved[key] = _coerce(value, tp, f"method.options.{key}")
+    return resolved
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError for the first problem found; fill the method's default loss weights."""
-    _check_choice("method.name", cfg.method.name, METHODS)
+    _check_choice("method.name", cfg.method.name, method_names())
     _check_choice("data.name", cfg.data.name, DATASETS)
     _check_choice("student.arch", cfg.student.arch, ARCHS)
     if cfg.teacher.arch is not None:
@@ -285,12 +306,14 @@ def validate(cfg: Config) -> None:
         _check_positive(f"method.{key}", getattr(cfg.method, key))
     if not 0 <= cfg.method.crd_momentum < 1:
         raise ConfigError(f"method.crd_momentum must be in [0, 1), got {cfg.method.crd_momentum}")
+    info = method_info(cfg.method.name)
     for key in ("gamma", "alpha", "beta"):
         value = getattr(cfg.method, key)
         if value is None:
-            setattr(cfg.method, key, METHOD_WEIGHTS[cfg.method.name][key])
+            setattr(cfg.method, key, info.weights[key])
         elif value < 0:
             raise ConfigError(f"method.{key} must be >= 0, got {value}")
+    cfg.method.options = _method_options(cfg.method.options, info.options, cfg.method.name)
 
     _check_positive("optim.lr", cfg.optim.lr)
     if not 0 <= cfg.optim.momentum < 1:
@@ -313,7 +336,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.val_split must be between 0 and 1, got {cfg.data.val_split}")
     if cfg.data.workers < 0:
         raise ConfigError(f"data.workers must be >= 0, got {cfg.data.workers}")
-    if cfg.data.name == "synthetic" and cfg.method.name.startswith("rrd"):
+    if cfg.data.name == "synthetic" and info.losses == ("rrd",):
         if cfg.method.queue_size > cfg.data.train_size:
             raise ConfigError(
                 f"method.queue_size ({cfg.method.queue_size}) is larger than the training set "

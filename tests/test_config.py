@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rrdtui.catalog import METHOD_WEIGHTS
+from rrdtui.registry import default_weights, method_names
 from rrdtui.config import ConfigError, load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,12 +32,12 @@ def test_defaults_follow_rrd_md(tmp_path):
     assert cfg.optim.milestones == [150, 180, 210] and cfg.train.epochs == 240 and cfg.train.batch_size == 64
 
 
-@pytest.mark.parametrize("method", sorted(METHOD_WEIGHTS))
+@pytest.mark.parametrize("method", sorted(method_names()))
 def test_each_method_gets_its_default_weights(tmp_path, method):
     path = tmp_path / "p.yaml"
     path.write_text(f"method: {{name: {method}, queue_size: 100}}\nteacher: {{checkpoint: t.pth, arch: resnet8}}\n")
     cfg = load_preset(path)
-    assert {k: getattr(cfg.method, k) for k in ("gamma", "alpha", "beta")} == METHOD_WEIGHTS[method]
+    assert {k: getattr(cfg.method, k) for k in ("gamma", "alpha", "beta")} == default_weights(method)
 
 
 def test_overrides_apply_in_order_and_parse_types(tmp_path):
@@ -48,7 +48,7 @@ def test_overrides_apply_in_order_and_parse_types(tmp_path):
     )
     assert cfg.method.kd_T == 2.0 and isinstance(cfg.method.kd_T, float)
     assert cfg.optim.milestones == [3, 5] and cfg.train.epochs == 4 and cfg.method.alpha == 0.5
-    assert cfg.method.gamma == METHOD_WEIGHTS["kd"]["gamma"]  # unset weights keep the method default
+    assert cfg.method.gamma == default_weights("kd")["gamma"]  # unset weights keep the method default
 
 
 def test_fingerprint_ignores_cosmetics_but_not_training(tmp_path):

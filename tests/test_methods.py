@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 
 from rrdtui.config import MethodConfig, validate, Config
-from rrdtui.train.methods import Forward, build_method
+from types import SimpleNamespace
+
+from rrdtui.registry import method_info
+from rrdtui.train.methods.base import Context, Forward, build_method
 
 
 def method_config(**fields) -> MethodConfig:
@@ -32,7 +35,10 @@ def forward(batch: int = 8, dim: int = 16, classes: int = 5, seed: int = 0) -> F
 
 def build(cfg: MethodConfig, n: int = 64, classes: int = 5):
     labels = torch.arange(n) % classes
-    return build_method(cfg, 16, 16, labels, classes, torch.Generator().manual_seed(0))
+    net = SimpleNamespace(feat_dim=16)  # these methods read only the penultimate feature's size
+    return build_method(
+        Context(cfg, method_info(cfg.name), net, net, labels, classes, 3, 32, 1, n // 8, 8, torch.Generator().manual_seed(0))
+    )
 
 
 def test_terms_and_weights_per_method():

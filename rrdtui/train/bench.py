@@ -55,8 +55,8 @@ from rrdtui.config import Config, ConfigError, load_preset
 from rrdtui.losses import rrd_loss
 from rrdtui.train import datasets
 from rrdtui.train.data import DataError, InMemoryData, load_data
-from rrdtui.train.loop import Setup, TrainError, build, pick_device, train_step
-from rrdtui.train.methods import Forward
+from rrdtui.registry import method_info
+from rrdtui.train.loop import Setup, TrainError, build, forward_batch, pick_device, train_step
 from rrdtui.train.models import build_model
 from rrdtui.train.sources import batches_per_epoch
 
@@ -104,9 +104,10 @@ def real_train_size(cfg: Config) -> int:
 def bench_train_size(cfg: Config, num_classes: int) -> int:
     """A few thousand images, more when the method's memory needs them (RRD's queue, CRD's negatives)."""
     n = max(4096, 2 * cfg.train.batch_size)
-    if cfg.method.name.startswith("rrd"):
+    family = method_info(cfg.method.name).losses
+    if "rrd" in family:
         n = max(n, cfg.method.queue_size)
-    if cfg.method.name.startswith("crd"):
+    if "crd" in family:
         # Balanced labels: the largest class holds ceil(n / C) images, the rest must hold the negatives.
         while n - math.ceil(n / num_classes) < cfg.method.crd_negatives:
             n += cfg.train.batch_size
@@ -251,12 +252,9 @@ def reference_setup(cfg: Config, teacher_path: str | None, data: InMemoryData, d
 def reference_step(setup: Setup, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> tuple[float, torch.Tensor]:
     """One step as RepDistiller's train_distill runs it; returns (loss.item(), correct on the device)."""
     x, y, index = x.to(setup.device), y.to(setup.device), index.to(setup.device)
-    s_feat, s_logits = setup.student.forward_with_features(x)
-    t_feat = t_logits = None
-    if setup.teacher is not None:
-        with torch.no_grad():
-            t_feat, t_logits = setup.teacher.forward_with_features(x)
-    terms = setup.method.terms(Forward(s_feat, s_logits, t_feat, t_logits, y, index))
+    out = forward_batch(setup, x, y, index, 0, 0)  # the same forward as ours: what the method needs
+    s_logits = out.student_logits
+    terms = setup.method.terms(out)
     loss = sum(setup.method.weights[k] * v for k, v in terms.items())
     setup.optimizer.zero_grad()
     loss.backward()
@@ -388,10 +386,11 @@ def step_flops(cfg: Config, data: InMemoryData, teacher: str | None) -> dict[str
     if teacher is not None:
         t_model = build_model(teacher, data.num_classes, in_channels=data.channels)
         teacher_fwd = 2 * count_macs(t_model, x)
-        if cfg.method.name.startswith(("rrd", "crd")):
+        own = method_info(cfg.method.name).losses
+        if own in (("rrd",), ("crd",)):  # the embedding heads and the memory; other methods are not counted
             d = cfg.method.feat_dim
             heads = 3 * b * student.feat_dim * d + b * t_model.feat_dim * d
-            k = cfg.method.queue_size if cfg.method.name.startswith("rrd") else 2 * (cfg.method.crd_negatives + 1)
+            k = cfg.method.queue_size if own == ("rrd",) else 2 * (cfg.method.crd_negatives + 1)
             method = 2 * (heads + 3 * b * k * d)
     total = 3 * student_fwd + teacher_fwd + method
     return {
@@ -501,7 +500,7 @@ def run(opts: Options) -> dict:
         step_ms=step_s * 1000,
         rrd_loss_ms=rrd_ms,
         rrd_loss_share=rrd_ms / (step_s * 1000),
-        rrd_in_step=cfg.method.name.startswith("rrd"),
+        rrd_in_step="rrd" in method_info(cfg.method.name).losses,
         queue_size=cfg.method.queue_size,
     )
     if opts.flops:

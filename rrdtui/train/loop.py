@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from rrdtui.config import Config
 from rrdtui.train import checkpoint
 from rrdtui.train.data import load_data
-from rrdtui.train.methods import Forward, Method, build_method
+from rrdtui.registry import method_info
+from rrdtui.train.methods.base import Context, FirstStage, Forward, Method, MethodError, build_method
 from rrdtui.train.models import build_model
 from rrdtui.train.sources import MemorySource, StreamSource, make_source
 from rrdtui.train.stats import logit_correlation_difference, similarity_stats
@@ -159,18 +160,6 @@ def build(cfg: Config, teacher_path: str | None = None, data=None, device: torch
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     source = make_source(data if data is not None else load_data(cfg.data), device, cfg)
-    if cfg.method.name.startswith("rrd") and cfg.method.queue_size > source.n_train:
-        raise TrainError(
-            f"method.queue_size ({cfg.method.queue_size}) is larger than the training set ({source.n_train}): "
-            "lower method.queue_size"
-        )
-    if cfg.method.name.startswith("crd"):
-        largest_class = int(torch.bincount(source.train_labels).max())
-        if cfg.method.crd_negatives > source.n_train - largest_class:
-            raise TrainError(
-                f"method.crd_negatives ({cfg.method.crd_negatives}) exceeds the samples of other classes "
-                f"({source.n_train - largest_class}): lower method.crd_negatives"
-            )
 
     student = build_model(cfg.student.arch, source.num_classes, in_channels=source.channels)
     if cfg.student.init:
@@ -223,14 +212,25 @@ def build(cfg: Config, teacher_path: str | None = None, data=None, device: torch
             teacher.forward_with_features = compiled(teacher)
 
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    method = build_method(
-        cfg.method,
-        student.feat_dim,
-        teacher.feat_dim if teacher is not None else None,
-        source.train_labels,
-        source.num_classes,
-        torch.Generator().manual_seed(cfg.seed + 1),
-    ).to(device)
+    try:
+        method = build_method(
+            Context(
+                cfg=cfg.method,
+                info=method_info(cfg.method.name),
+                student=student,
+                teacher=teacher,
+                train_labels=source.train_labels,
+                num_classes=source.num_classes,
+                in_channels=source.channels,
+                image_size=source.image_size,
+                epochs=cfg.train.epochs,
+                steps_per_epoch=source.per_epoch,
+                batch_size=cfg.train.batch_size,
+                generator=torch.Generator().manual_seed(cfg.seed + 1),
+            )
+        ).to(device)
+    except MethodError as exc:
+        raise TrainError(f"method {cfg.method.name}: {exc}") from None
     if hasattr(method, "generator"):
         method.generator = generator
     params = [p for p in list(student.parameters()) + list(method.parameters()) if p.requires_grad]
@@ -241,17 +241,31 @@ def build(cfg: Config, teacher_path: str | None = None, data=None, device: torch
     return Setup(cfg, device, source, student, teacher, method, optimizer, generator, use_bf16, memory_format)
 
 
-def train_step(setup: Setup, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor):
+def forward_batch(setup: Setup, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, step: int, epoch: int) -> Forward:
+    """Student (with autograd) and teacher (without) on one batch: what the method's SPEC asks for."""
+    method = setup.method
+    s_maps = t_maps = t_feat = t_logits = None
+    if method.wants_maps:
+        s_maps, s_feat, s_logits = setup.student.forward_with_maps(x, preact=method.preact)
+    else:
+        s_feat, s_logits = setup.student.forward_with_features(x)
+    if setup.teacher is not None:
+        with torch.no_grad():
+            if method.wants_maps:
+                t_maps, t_feat, t_logits = setup.teacher.forward_with_maps(x, preact=method.preact)
+            else:
+                t_feat, t_logits = setup.teacher.forward_with_features(x)
+    return Forward(s_feat, s_logits, t_feat, t_logits, y, index, step, epoch, s_maps, t_maps)
+
+
+def train_step(setup: Setup, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, step: int = 0, epoch: int = 0):
     """One optimisation step; returns (loss, terms, correct) as device tensors, never synchronising."""
     if setup.memory_format is not None:
         x = x.contiguous(memory_format=setup.memory_format)
     with setup.amp():
-        s_feat, s_logits = setup.student.forward_with_features(x)
-        t_feat = t_logits = None
-        if setup.teacher is not None:
-            with torch.no_grad():
-                t_feat, t_logits = setup.teacher.forward_with_features(x)
-        terms = setup.method.terms(Forward(s_feat, s_logits, t_feat, t_logits, y, index))
+        out = forward_batch(setup, x, y, index, step, epoch)
+        s_logits = out.student_logits
+        terms = setup.method.terms(out)
         loss = sum(setup.method.weights[k] * v for k, v in terms.items())
     setup.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -259,6 +273,49 @@ def train_step(setup: Setup, x: torch.Tensor, y: torch.Tensor, index: torch.Tens
     setup.method.after_step()
     correct = (s_logits.detach().argmax(1) == y).sum()
     return loss, terms, correct
+
+
+def run_first_stage(setup: Setup, stage: FirstStage, reporter: Reporter, stop_flag: Callable[[], bool]) -> bool:
+    """Train a method's first stage (AB's connectors, FT's paraphraser, FSP) before the run proper.
+
+    Its terms are reported as first/loss_<term> at negative steps (-N .. -1), so the main stage's
+    rows start at step 1 as in every run. Returns False when a stop came (nothing is kept: a resume
+    trains the first stage again from the start).
+    """
+    cfg, source = setup.cfg, setup.source
+    optimizer = torch.optim.SGD(stage.parameters, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
+    setup.student.train(stage.student_train)
+    total = stage.epochs * source.per_epoch
+    step = -total
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    log.info("first stage: %d epochs of %d steps (%s)", stage.epochs, source.per_epoch, setup.method.info.first_stage)
+    for epoch in range(stage.epochs):
+        perm = source.permutation(setup.generator)
+        for i, (x, y, index) in enumerate(source.epoch(perm, 0, setup.generator)):
+            if setup.memory_format is not None:
+                x = x.contiguous(memory_format=setup.memory_format)
+            with setup.amp():
+                terms = stage.loss(forward_batch(setup, x, y, index, step, epoch))
+                loss = sum(terms.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            count += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().double()
+            if count == cfg.train.log_every or step == 0:
+                values = {f"first/loss_{k}": float(v) / count for k, v in sums.items()}
+                bad = [k for k, v in values.items() if not math.isfinite(v)]
+                if bad:
+                    raise Diverged(f"{bad[0]} became {values[bad[0]]} in the first stage")
+                reporter.log(step - 1, epoch + (i + 1) / source.per_epoch - stage.epochs, values)
+                sums, count = {}, 0
+            if stop_flag() or (step % cfg.train.log_every == 0 and reporter.stop_requested()):
+                return False
+    setup.train_mode()
+    return True
 
 
 @torch.no_grad()
@@ -428,6 +485,12 @@ def train(
     # A stop that came while the run was being built (data, models, teacher check) ends it here,
     # before any step: the checkpoint it resumes from, if any, is the one it started from.
     stopping = stop_flag() or reporter.stop_requested()
+    stage = method.first_stage(student) if resume_state is None and not stopping else None
+    if stage is not None:
+        stopping = not run_first_stage(setup, stage, reporter, stop_flag)
+        if not stopping:
+            save(0, 0, None)  # a resume starts the main stage from here, the first stage done
+            reporter.event("info", "first stage done")
     if stopping:
         reporter.event("info", f"stopped at epoch {epoch}, step {step}, before training; resumable")
         log.info("stopped before training (epoch %d, step %d)", epoch, step)
@@ -442,7 +505,7 @@ def train(
             epoch_correct.zero_()
             epoch_seen = 0
         for i, (x, y, index) in enumerate(source.epoch(perm, start_batch, setup.generator), start=start_batch):
-            loss, terms, correct = train_step(setup, x, y, index)
+            loss, terms, correct = train_step(setup, x, y, index, step, epoch)
             step += 1
             interval += torch.stack(
                 [loss.detach().double()] + [terms[k].detach().double() for k in method.weights] + [correct.double()]

@@ -70,10 +70,12 @@ class CRDMemory(nn.Module):
 
 
 class OtherClassSampler(nn.Module):
-    """Draws, for each sample, K negative indices uniformly among the samples of other classes.
+    """Draws, for each sample, K negative indices among the samples of other classes, as RepDistiller's
+    CIFAR-100 data set does: without replacement, or with replacement when K exceeds them.
 
-    The training set's indices are sorted by class; excluding class c means drawing r uniformly in
-    [0, N - n_c) and skipping the block of class c. Vectorised, on the device, no Python loop.
+    Without replacement, each row draws K distinct positions with `torch.multinomial` over a mask of
+    the other classes (one kernel on the device, no Python loop over samples). A K larger than the
+    smallest complement of a class draws with replacement, uniformly among the other classes.
     """
 
     def __init__(self, labels: torch.Tensor, num_classes: int):
@@ -86,11 +88,18 @@ class OtherClassSampler(nn.Module):
         self.register_buffer("counts", counts)
         self.register_buffer("starts", starts)
         self.register_buffer("labels", labels)
+        # Fixed by the labels, known on the host: choosing the draw costs no device synchronisation.
+        self.fewest_others = int(labels.shape[0] - counts.max())
 
     def sample(self, index: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """B x (K+1) indices: column 0 is the sample itself (the positive), then K negatives."""
         cls = self.labels[index]
         n_other = self.order.shape[0] - self.counts[cls]
+        if k <= self.fewest_others:
+            # Weights 1 on the other classes' samples, 0 on the sample's own class: K distinct draws.
+            other = (self.labels[None, :] != cls[:, None]).float()
+            return torch.cat([index[:, None], torch.multinomial(other, k, replacement=False, generator=generator)], dim=1)
+        # With replacement: r uniform in [0, N - n_c), skipping the block of class c in class order.
         u = torch.rand(index.shape[0], k, device=index.device, generator=generator)
         # u < 1, but float rounding can still reach n_other: clamp to the last valid position.
         r = torch.minimum((u * n_other[:, None].float()).long(), n_other[:, None] - 1)

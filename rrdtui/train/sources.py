@@ -33,6 +33,7 @@ class MemorySource:
         self.augment = BatchAugment(data, device)
         self.num_classes = data.num_classes
         self.channels = data.channels
+        self.image_size = data.image_size
         self.n_train = data.train_x.shape[0]
         self.n_val = data.val_x.shape[0]
         self.train_labels = data.train_y
@@ -83,6 +84,7 @@ class StreamSource:
         self.n_val = len(data.val_set)
         first, _ = data.val_set[0]
         self.channels = int(first.shape[0])
+        self.image_size = int(first.shape[-1])
         self.train_labels = torch.as_tensor(data.train_set.targets, device=device)
         self.per_epoch = batches_per_epoch(self.n_train, batch_size)
         self._pin = device.type == "cuda"
