@@ -139,3 +139,121 @@ def test_ctrl_c_in_the_foreground_stops_cleanly(tmp_path, preset):
     assert "Traceback" not in err
     row = store.get_run(run_id)
     assert row["status"] == "stopped" and (Path(row["run_dir"]) / "last.pt").exists()
+
+
+# -- one run, one trainer (issue reproductions; only what every version of the store offers) -----
+
+
+def history_once_every_step(store: Store, run_id: str) -> None:
+    assert_history_once(store, run_id)
+    dupes = store.db.execute(
+        "SELECT name, step, COUNT(*) FROM metrics WHERE run_id = ? GROUP BY name, step HAVING COUNT(*) > 1", [run_id]
+    ).fetchall()
+    assert dupes == []
+
+
+def mid_run(store: Store, run_id: str) -> dict | None:
+    row = store.get_run(run_id)
+    return row if row["status"] == "running" and 0 < row["step"] < EPOCHS * STEPS_PER_EPOCH // 2 else None
+
+
+def ended(store: Store, run_id: str) -> dict | None:
+    row = store.get_run(run_id)
+    return row if row["status"] not in ("queued", "running") else None
+
+
+def crashed_run(tmp_path: Path, preset: Path) -> tuple[Path, Store, str]:
+    """A real run killed with SIGKILL mid-training: crashed, resumable."""
+    runs = tmp_path / "runs"
+    run_id = cli("run", preset, "--detach", "--runs", runs).stdout.strip().splitlines()[-1]
+    store = Store(runs)
+    row = wait_for(lambda: mid_run(store, run_id), what="the run to be mid-training")
+    os.kill(row["pid"], signal.SIGKILL)
+    wait_for(lambda: store.get_run(run_id)["status"] == "crashed", what="crashed")
+    return runs, store, run_id
+
+
+def test_a_queued_run_whose_launcher_died_reads_crashed_and_can_be_removed_or_resumed(tmp_path, preset):
+    runs = tmp_path / "runs"
+    # A launcher that writes the run row and dies before it starts any trainer (`... | true`).
+    script = (
+        "import sys; from rrdtui.config import load_preset; from rrdtui.launcher import create_runs, plan_runs; "
+        f"from rrdtui.store import Store; s = Store({str(runs)!r}); "
+        f"print(create_runs(plan_runs(load_preset({str(preset)!r}), 'p', s), s)[-1])"
+    )
+    run_id = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
+    store = Store(runs)
+    row = store.get_run(run_id)
+    assert row["status"] == "crashed" and "before it started" in row["error"]
+    assert cli("rm", run_id, "-y", "--runs", runs).returncode == 0
+    assert store.get_run(run_id) is None
+
+
+def test_a_run_launched_through_a_closed_pipe_is_never_stuck_queued(tmp_path, preset):
+    runs = tmp_path / "runs"
+    subprocess.run(
+        f"{sys.executable} -m rrdtui.cli run {preset} --detach --runs {runs} | true", shell=True, timeout=600
+    )
+    store = Store(runs)
+    (row,) = store.list_runs()
+    final = wait_for(lambda: ended(store, row["id"]), what="an end")
+    assert final["status"] in ("completed", "crashed")
+
+
+def test_two_simultaneous_resumes_give_one_trainer_and_one_line(tmp_path, preset):
+    runs, store, run_id = crashed_run(tmp_path, preset)
+    cmd = [sys.executable, "-m", "rrdtui.cli", "resume", run_id, "--detach", "--runs", str(runs)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    (loser,) = [err for code, _, err in results if code == 2]
+    assert loser.count("\n") == 1 and "Traceback" not in loser
+    assert f"run {run_id} is already being" in loser and "by pid" in loser
+    final = wait_for(lambda: ended(store, run_id), what="the end")
+    assert final["status"] == "completed"
+    history_once_every_step(store, run_id)
+    log = (runs / run_id / "train.log").read_text()
+    assert log.count(f"epoch {EPOCHS}/{EPOCHS}") == 1
+
+
+def test_a_suspended_trainer_with_a_stale_heartbeat_stays_running_and_cannot_be_resumed(tmp_path, preset):
+    runs = tmp_path / "runs"
+    run_id = cli("run", preset, "--detach", "--runs", runs).stdout.strip().splitlines()[-1]
+    store = Store(runs)
+    row = wait_for(lambda: mid_run(store, run_id), what="the run to be mid-training")
+    os.kill(row["pid"], signal.SIGSTOP)  # Ctrl-Z, or a laptop asleep
+    try:
+        store.update_run(run_id, heartbeat=time.time() - 3600)
+        assert store.get_run(run_id)["status"] == "running"
+        refused = cli("resume", run_id, "--runs", runs)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr == f"rrdtui: error: run {run_id} is already being trained by pid {row['pid']}\n"
+    finally:
+        os.kill(row["pid"], signal.SIGCONT)
+    final = wait_for(lambda: ended(store, run_id), what="the end")
+    assert final["status"] == "completed"
+    history_once_every_step(store, run_id)
+
+
+def loading_torch(pid: int) -> bool:
+    """The trainer process has got as far as loading torch (it has read its run row, not trained)."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return True  # gone already: nothing left to wait for
+
+
+@pytest.mark.parametrize("moment", ["at_once", "while_the_trainer_loads_torch"])
+def test_a_stop_sent_while_the_run_starts_is_never_lost(tmp_path, preset, moment):
+    runs = tmp_path / "runs"
+    store = Store(runs)
+    run_id = cli("run", preset, "--detach", "--runs", runs).stdout.strip().splitlines()[-1]
+    if moment != "at_once":
+        pid = store.get_run(run_id)["pid"]
+        wait_for(lambda: loading_torch(pid), what="the trainer to load torch")
+    stopped = cli("stop", run_id, "--runs", runs)
+    assert stopped.returncode == 0, stopped.stderr
+    final = wait_for(lambda: ended(store, run_id), what="the end")
+    assert final["status"] == "stopped", (final["status"], [e["message"] for e in store.events(run_id)])
+    assert final["step"] < EPOCHS * STEPS_PER_EPOCH
