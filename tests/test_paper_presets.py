@@ -266,9 +266,11 @@ def test_check_data_fashion_mnist_and_image_folder(tmp_path, monkeypatch):
     datacheck.check_data(_data("imagefolder", root=str(tmp_path / "pics")))
 
 
-def test_reachable_gives_up_quickly_on_a_closed_port(monkeypatch):
+def test_reachable_says_no_on_a_closed_port_and_yes_on_an_open_one(monkeypatch):
+    # No bound on the time taken (tests never depend on the clock). The timeouts are generous
+    # guards, not expectations: reachable returns as soon as the connection is refused or opens,
+    # and a short one could run out on a loaded machine before a local connection opens.
     import socket
-    import time
 
     for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
@@ -276,10 +278,8 @@ def test_reachable_gives_up_quickly_on_a_closed_port(monkeypatch):
     with socket.socket() as s:  # a port nobody listens on: bound, not listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        start = time.monotonic()
-        assert datacheck.reachable("127.0.0.1", port, timeout=1.0) is False
-        assert time.monotonic() - start < 2.0
+        assert datacheck.reachable("127.0.0.1", port, timeout=60.0) is False
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
-        assert datacheck.reachable("127.0.0.1", server.getsockname()[1], timeout=1.0) is True
+        assert datacheck.reachable("127.0.0.1", server.getsockname()[1], timeout=60.0) is True

@@ -23,7 +23,7 @@ from rrdtui.tui.model import (
     short_arch,
     sort_rows,
 )
-from tests.tui_fixtures import PAPER, make_store
+from tests.tui_fixtures import PAPER, make_store, release_run
 
 
 @pytest.fixture
@@ -144,6 +144,7 @@ def test_quick_first_read_matches_the_store(store, tmp_path):
     assert quick is not None and quick == RunLister().load(store)
     assert RunLister().load_quick(tmp_path / "nothing") is None
     # a running run whose process is gone: the Store must read (and mark it crashed)
+    release_run(store.runs_dir, "d0000004")
     store.update_run("d0000004", heartbeat=0.0)
     assert RunLister().load_quick(store.runs_dir) is None
     assert {r.id: r.status for r in RunLister().load(store)}["d0000004"] == "crashed"

@@ -5,18 +5,19 @@ Update after an intended change of look: `uv run pytest tests/test_tui_snapshots
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable
+from textual.widgets import DataTable, TabbedContent
 
 from rrdtui.tui.app import RRDApp
+from rrdtui.tui.screens import compare, detail
 from rrdtui.tui.screens.compare import CompareScreen
 from rrdtui.tui.screens.detail import DetailScreen
+from rrdtui.tui.screens.help import HelpScreen
 from rrdtui.tui.screens.launch import LaunchScreen
 from rrdtui.tui.screens.runs import RunsScreen
-from tests.tui_fixtures import FIXED_NOW, make_store, write_presets
+from tests.tui_fixtures import FIXED_NOW, make_store, wait_for, write_presets
 
 SMALL = (80, 24)
 LARGE = (120, 40)
@@ -32,15 +33,15 @@ def app(tmp_path: Path) -> RRDApp:
     return RRDApp(tmp_path / "runs", tmp_path / "presets", clock=lambda: FIXED_NOW, poll_interval=60)
 
 
-async def until(pilot, condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the app"
-        await pilot.pause(0.02)
-
-
 async def runs_loaded(pilot) -> None:
-    await until(pilot, lambda: isinstance(pilot.app.screen, RunsScreen) and pilot.app.screen.loaded)
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, RunsScreen) and pilot.app.screen.loaded)
+    await pilot.pause()
+
+
+async def show_tab(pilot, tab: str, tabs: tuple[str, ...]) -> None:
+    """Press the tab's number key and wait until that tab is the one shown."""
+    await pilot.press(tab)
+    await wait_for(pilot, lambda: pilot.app.screen.query_one(TabbedContent).active == tabs[int(tab) - 1])
     await pilot.pause()
 
 
@@ -50,9 +51,8 @@ def open_detail(run_id: str, tab: str):
         table = pilot.app.screen.query_one(DataTable)
         table.move_cursor(row=table.get_row_index(run_id))
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(pilot.app.screen, DetailScreen) and pilot.app.screen.loaded)
-        await pilot.press(tab)
-        await pilot.pause()
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, DetailScreen) and pilot.app.screen.loaded)
+        await show_tab(pilot, tab, detail.TABS)
 
     return run_before
 
@@ -65,10 +65,10 @@ def open_compare(tab: str):
         for run_id in ("c0000003", "b0000002", "d0000004"):
             table.move_cursor(row=table.get_row_index(run_id))
             await pilot.press("space")
+            await wait_for(pilot, lambda rid=run_id: rid in screen.marked)
         await pilot.press("c")
-        await until(pilot, lambda: isinstance(pilot.app.screen, CompareScreen) and pilot.app.screen.loaded)
-        await pilot.press(tab)
-        await pilot.pause()
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, CompareScreen) and pilot.app.screen.loaded)
+        await show_tab(pilot, tab, compare.TABS)
 
     return run_before
 
@@ -76,13 +76,14 @@ def open_compare(tab: str):
 async def open_launch(pilot) -> None:
     await runs_loaded(pilot)
     await pilot.press("n")
-    await until(pilot, lambda: isinstance(pilot.app.screen, LaunchScreen) and pilot.app.screen.plan != "")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, LaunchScreen) and pilot.app.screen.plan != "")
     await pilot.pause()
 
 
 async def open_help(pilot) -> None:
     await runs_loaded(pilot)
     await pilot.press("question_mark")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, HelpScreen) and pilot.app.screen.is_mounted)
     await pilot.pause()
 
 
@@ -95,6 +96,7 @@ def test_runs_grouped(snap_compare, app):
     async def grouped(pilot) -> None:
         await runs_loaded(pilot)
         await pilot.press("g")
+        await wait_for(pilot, lambda: pilot.app.screen.grouped and pilot.app.screen._order[0].startswith("group:"))
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SMALL, run_before=grouped)

@@ -1,8 +1,12 @@
 """A store and presets on fixed data for the dashboard's tests, snapshots, benchmark and demos.
 
 Everything shown is deterministic: fixed ids, fixed times (FIXED_NOW), values from smooth formulas.
-The one live thing is the running run's liveness (pid and heartbeat, which the dashboard never shows):
-it belongs to the calling process and its heartbeat is real, so the store keeps it "running".
+The one live thing is the running run's liveness (its lock, pid and heartbeat, which the dashboard
+never shows): the calling process owns it, holding its lock as a trainer would (`release_run` lets it
+go: the trainer is gone), and its heartbeat is a day ahead of the real clock, so the store keeps it
+"running" however long a test takes.
+
+`wait_for` is how the dashboard's tests wait: on a condition, never on the clock.
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from rrdtui.config import Config
+from rrdtui.ownership import RunLock
 from rrdtui.store import Store
 
 FIXED_NOW = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC
@@ -38,6 +43,16 @@ RUNS = (
 )
 EPOCHS = 30
 
+# The locks of the running runs made here, by run folder: held by this process until `release_run`.
+_OWNED: dict[Path, RunLock] = {}
+
+
+def release_run(runs_dir: Path, run_id: str) -> None:
+    """The owner of a running run from `make_store` goes away: its lock is dropped."""
+    lock = _OWNED.pop((Path(runs_dir) / run_id).resolve(), None)
+    if lock is not None:
+        lock.release()
+
 
 def make_config(name: str, method: str, tau_s: float = 0.04, tau_t: float = 0.1, *, epochs: int = EPOCHS,
                 teacher: str = "resnet32x4", student: str = "resnet8x4", data: str = "cifar100",
@@ -50,9 +65,9 @@ def make_config(name: str, method: str, tau_s: float = 0.04, tau_t: float = 0.1,
     cfg["data"]["name"] = data
     cfg["train"]["epochs"] = epochs
     cfg["method"].update({"name": method, "tau_s": tau_s, "tau_t": tau_t})
-    from rrdtui.catalog import METHOD_WEIGHTS
+    from rrdtui.registry import default_weights
 
-    cfg["method"].update(METHOD_WEIGHTS[method])
+    cfg["method"].update(default_weights(method))
     if method == "none":
         cfg["student"]["arch"] = teacher
         cfg["paper"] = None
@@ -141,7 +156,8 @@ def make_store(runs_dir: Path, *, now: float = FIXED_NOW, with_logs: bool = True
                 fields["teacher_acc"] = 79.42
                 fields["teacher_run"] = "a0000001"
             if status == "running":
-                fields.update(pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time())
+                # A day ahead: never stale while a test runs, on however loaded a machine.
+                fields.update(pid=os.getpid(), host=socket.gethostname(), heartbeat=time.time() + DAY)
             elif status == "completed":
                 fields.update(ended=started + 3000, heartbeat=started + 3000)
             elif status in ("crashed", "diverged"):
@@ -152,6 +168,11 @@ def make_store(runs_dir: Path, *, now: float = FIXED_NOW, with_logs: bool = True
                     else "loss is nan at step 375 (epoch 3.75): diverged"
                 )
             store.create_run(cfg, **fields)
+            if status == "running":
+                run_dir = store.run_dir(run_id)
+                lock = RunLock(run_dir)
+                assert lock.acquire(), f"{run_dir} is owned by another process"
+                _OWNED[run_dir.resolve()] = lock
             rows = metric_rows(run_id, method, tau_s, tau_t, done, final, started or created, status == "diverged")
             store.insert_metrics(rows)
             accs = [r[4] for r in rows if r[3] == "val/acc"]
@@ -176,6 +197,22 @@ def make_store(runs_dir: Path, *, now: float = FIXED_NOW, with_logs: bool = True
     finally:
         store.close()
     return ids
+
+
+# A hang guard, not a deadline: every `pilot.pause()` sleeps at least 20 ms (Textual's wait for an
+# idle app), so this many of them take two minutes or more, far beyond what a condition that does
+# come true needs on a machine at load 8; only a hung app reaches it.
+MAX_PAUSES = 6000
+
+
+async def wait_for(pilot, condition: Callable[[], object], what: str = "the app") -> None:
+    """Yield to the app (`pilot.pause()`) until `condition()` is true."""
+    for _ in range(MAX_PAUSES):
+        if condition():
+            return
+        await pilot.pause()
+    if not condition():
+        raise AssertionError(f"{what}: the condition never came true ({MAX_PAUSES} pauses)")
 
 
 PRESETS = {
