@@ -445,6 +445,43 @@ def presets(
 
 @app.command()
 @user_errors
+def methods(
+    as_json: Annotated[bool, typer.Option("--json", help="Every field of every method, as a JSON list.")] = False,
+) -> None:
+    """List the distillation methods: default weights (gamma/alpha/beta), features, paper."""
+    from dataclasses import asdict
+
+    from rrdtui.registry import RegistryError, methods as registered, short_citation, weights_text
+
+    try:
+        infos = list(registered().values())
+    except RegistryError as exc:
+        raise UserError(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps([asdict(info) for info in infos], indent=2))
+        return
+    rows = [(i.name, weights_text(i.weights), ",".join(i.features) or "-", short_citation(i.paper)) for i in infos]
+    header = ("method", "γ/α/β", "features", "paper")
+    widths = [max(len(r[k]) for r in [header, *rows]) for k in range(3)]
+    width = max(80, shutil.get_terminal_size((80, 24)).columns)
+    for row in [header, *rows]:
+        head = "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  "
+        typer.echo((head + cut_words(row[3], width - len(head))).rstrip())
+
+
+def cut_words(text: str, room: int) -> str:
+    """`text` in `room` columns: whole words and an ellipsis (no dangling "(arXiv"), else cut anywhere."""
+    if len(text) <= room:
+        return text
+    words = text.split(" ")
+    while len(words) > 1 and (len(" ".join(words)) + 2 > room or words[-1].startswith("(")):
+        words.pop()
+    out = " ".join(words) + " …"
+    return out if len(out) <= room else text[: max(0, room - 1)] + "…"
+
+
+@app.command()
+@user_errors
 def plot(
     run_refs: Annotated[list[str], typer.Argument(metavar="RUN...")],
     metric: Annotated[Optional[str], typer.Option("--metric", "-m", help="Metric name (default val/acc).")] = None,

@@ -1,4 +1,5 @@
-"""What is checked before any run row is written: each planned run's data, and a teacher checkpoint.
+"""What is checked before any run row is written: each planned run's data, a teacher checkpoint, and
+whether a method that reads stage maps can pair the student with the teacher.
 
 A missing data set or a teacher file that cannot serve (unreadable, unsafe, another architecture,
 another class count) is one line in the terminal or the launch form now, instead of a run that
@@ -8,11 +9,13 @@ fails in its trainer minutes later. No torch here: the teacher file is read by a
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 from rrdtui.config import Config, ConfigError
 from rrdtui.datacheck import check_data, data_shape
+from rrdtui.registry import method_info
 
 # Importing torch and reading a large teacher takes seconds; a hung check must not hang the CLI.
 TEACHER_CHECK_TIMEOUT_S = 300.0
@@ -45,6 +48,27 @@ def check_teacher_checkpoint(cfg: Config) -> None:
     raise ConfigError(f"the check of teacher.checkpoint {cfg.teacher.checkpoint} failed: {last}")
 
 
+def check_method_pairing(cfg: Config) -> None:
+    """Raise ConfigError (one line) when cfg's method cannot pair its student with its teacher (a
+    method reading stage maps whose shapes do not fit), by building it as training will."""
+    num_classes, channels = data_shape(cfg)
+    request = {"config": cfg.to_dict(), "num_classes": num_classes or 10, "in_channels": channels}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "rrdtui.train.pairing"], input=json.dumps(request), capture_output=True,
+            text=True, errors="replace", timeout=TEACHER_CHECK_TIMEOUT_S,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"checking method {cfg.method.name} took over {TEACHER_CHECK_TIMEOUT_S:.0f} s") from None
+    if proc.returncode == 0:
+        return
+    lines = [line for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
+    if proc.returncode == 2 and lines:
+        raise ConfigError(lines[-1].strip())
+    last = lines[-1].strip() if lines else f"exit code {proc.returncode}"
+    raise ConfigError(f"the check of method {cfg.method.name} failed: {last}")
+
+
 def preflight(plan) -> None:
     """Check every run of a launcher Plan before it is created; raise ConfigError with one line."""
     for planned in plan.runs:
@@ -53,3 +77,6 @@ def preflight(plan) -> None:
         cfg = planned.config
         if cfg.distills and cfg.teacher.checkpoint:
             check_teacher_checkpoint(cfg)
+        # Methods that read stage maps size their connectors from both networks: some pairs cannot be.
+        if cfg.distills and {"maps", "preact"} & set(method_info(cfg.method.name).features):
+            check_method_pairing(cfg)

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from rrdtui.config import ConfigError, read_yaml
-from rrdtui.reference import METHOD_KEYS, pairs
-
-# The paper's table key for each of our method names (kept here for older imports).
-PAPER_KEYS = METHOD_KEYS
+from rrdtui.reference import pairs
+from rrdtui.registry import paper_key
 
 WIDTH = 100  # the narrowest terminal the list is laid out for; wider ones show more description
 
@@ -124,7 +122,7 @@ def entry(path: Path) -> Entry:
 
     teacher_arch = _teacher_arch(path, sections["teacher"]) or "?"
     e.pair = f"{teacher_arch} -> {student}"
-    key = METHOD_KEYS.get(method, method.upper())
+    key = paper_key(method) or method.upper()
     value = _number(paper.get(key))
     if value is not None:
         e.paper = f"{key} {value:.2f}"

@@ -34,6 +34,18 @@ REGISTRY: dict[str, str] = {
     "kd": "rrdtui.train.methods.kd",
     "rrd": "rrdtui.train.methods.rrd",
     "crd": "rrdtui.train.methods.crd",
+    "fitnet": "rrdtui.train.methods.fitnet",
+    "at": "rrdtui.train.methods.at",
+    "sp": "rrdtui.train.methods.sp",
+    "cc": "rrdtui.train.methods.cc",
+    "vid": "rrdtui.train.methods.vid",
+    "rkd": "rrdtui.train.methods.rkd",
+    "pkt": "rrdtui.train.methods.pkt",
+    "ab": "rrdtui.train.methods.ab",
+    "ft": "rrdtui.train.methods.ft",
+    "fsp": "rrdtui.train.methods.fsp",
+    "nst": "rrdtui.train.methods.nst",
+    "dkd": "rrdtui.train.methods.dkd",
 }
 
 KD_SUFFIX = "+kd"
@@ -163,3 +175,108 @@ def method_info(name: str) -> MethodInfo:
 
 def default_weights(name: str) -> dict[str, float]:
     return dict(method_info(name).weights)
+
+
+def paper_key(name: str) -> str | None:
+    """The method's column in the paper's tables (None for a method the paper does not report)."""
+    info = methods().get(name)
+    return info.paper_key if info else None
+
+
+def uses_relation_temperatures(name: str) -> bool:
+    """Whether method.tau_s and method.tau_t mean anything for this method (RRD and its +kd)."""
+    info = methods().get(name)
+    return bool(info and "rrd" in info.losses)
+
+
+# ---------------------------------------------------------------------------------------------
+# How the methods are described: `rrdtui methods`, the launch screen and docs/methods.md
+# ---------------------------------------------------------------------------------------------
+
+
+def weights_text(weights: dict[str, float], sep: str = "/") -> str:
+    """gamma/alpha/beta, compact: {"gamma": 1.0, "alpha": 0.0, "beta": 0.8} -> "1/0/0.8"."""
+    return sep.join(f"{weights[k]:g}" for k in WEIGHT_KEYS)
+
+
+def short_citation(paper: str) -> str:
+    """The first author only when there are more than two: "Tian, Krishnan and Isola, ICLR 2020
+    (arXiv 1910.10699)" -> "Tian et al., ICLR 2020 (arXiv 1910.10699)". The authors are the leading
+    comma-separated parts without a digit; a text without such a split is returned as it is."""
+    parts = paper.split(", ")
+    n = next((i for i, part in enumerate(parts) if any(c.isdigit() for c in part)), 0)
+    if n == 0:
+        return paper
+    names = [name for part in parts[:n] for name in part.split(" and ")]
+    authors = f"{names[0]} et al." if len(names) > 2 else ", ".join(parts[:n])
+    return ", ".join([authors, *parts[n:]])
+
+
+def _option_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value)  # as in YAML: null, true, 0.5, "text"
+
+
+def markdown() -> str:
+    """docs/methods.md: every registered method (not the +kd combinations), from its SPEC."""
+    import re
+
+    def linked(paper: str) -> str:
+        return re.sub(r"arXiv (\d{4}\.\d{4,5})", r"[arXiv \1](https://arxiv.org/abs/\1)", paper)
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    infos = [info for info in methods().values() if info.base is None]
+    lines = [
+        "# Distillation methods",
+        "",
+        "Generated from the method registry (`rrdtui/registry.py` and each method module's `SPEC`) by",
+        "`uv run python scripts/make_methods_doc.py`: do not edit it by hand. `rrdtui methods` lists the",
+        "same in the terminal (`--json` for every field).",
+        "",
+        "Every method trains the student on one loss,",
+        "",
+        "    L = gamma * CE(labels, student) + alpha * KD(teacher, student) + beta * (the method's own terms)",
+        "",
+        "with the weights `method.gamma`, `method.alpha` and `method.beta` of a preset (the defaults below are",
+        "each paper's). Every term is reported unweighted as `train/loss_<term>`, the weighted total as",
+        "`train/loss`. `<name>+kd` (for example `rrd+kd`) is a method with Hinton's KD added at alpha 1.",
+        "A method's options are set as `method.options.<key>` in a preset or with `--set`. Features are",
+        "what a method reads besides the logits: `feat` (the penultimate feature), `maps` (every stage's",
+        "output), `preact` (the stages' pre-activation outputs). A first stage trains a part of the method",
+        "before the run proper; its terms are reported as `first/loss_<term>`.",
+        "",
+        "| method | gamma/alpha/beta | features | terms | paper |",
+        "|---|---|---|---|---|",
+    ]
+    for info in infos:
+        lines.append(
+            f"| [`{info.name}`](#{info.name}) | {weights_text(info.weights, ' / ')} | "
+            f"{', '.join(info.features) or '-'} | {', '.join(info.losses) or '-'} | "
+            f"{cell(short_citation(info.paper))} |"
+        )
+    for info in infos:
+        options = ", ".join(f"`method.options.{k}` ({_option_text(v)})" for k, v in info.options.items())
+        lines += [
+            "",
+            f'<a id="{info.name}"></a>',
+            f"## {info.name}: {info.title}",
+            "",
+            f"- paper: {linked(info.paper)}",
+            f"- loss: `{info.formula}`",
+            "- default weights: " + ", ".join(f"{k} {info.weights[k]:g}" for k in WEIGHT_KEYS),
+            f"- features: {', '.join(info.features) or 'the logits only'}",
+            "- loss terms: " + (", ".join(f"`train/loss_{t}`" for t in info.losses) or "none of its own"),
+            f"- options: {options or 'none'}",
+        ]
+        if info.first_stage:
+            lines.append(f"- first stage: {info.first_stage}")
+        if not info.teacher:
+            lines.append("- needs no teacher")
+        if info.paper_key:
+            lines.append(f"- column in the paper's tables: {info.paper_key}")
+        if info.teacher and info.name != "kd":
+            lines.append(f"- with KD: `{info.name}{KD_SUFFIX}`")
+    return "\n".join(lines) + "\n"

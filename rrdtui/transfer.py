@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from rrdtui.config import Config, ConfigError, apply_overrides, from_mapping
-from rrdtui.reference import METHOD_KEYS, transfer_numbers
+from rrdtui.reference import transfer_numbers
+from rrdtui.registry import paper_key
 from rrdtui.store import Store
 
 TRANSFER_DATA = ("stl10", "tiny_imagenet")
@@ -42,7 +43,7 @@ def paper_key(source: dict[str, Any]) -> str | None:
     if method == "none":
         return {"wrn_16_2": "student", "wrn_40_2": "teacher"}.get(student)
     if (teacher, student) == ("wrn_40_2", "wrn_16_2"):
-        return METHOD_KEYS.get(method)
+        return paper_key(method)
     return None
 
 

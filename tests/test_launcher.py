@@ -57,3 +57,17 @@ def test_resume_chain_puts_an_unfinished_teacher_first(tiny_presets, tmp_path):
     store.update_run(student_id, status="completed")
     with pytest.raises(StoreError, match="only stopped, crashed or failed runs resume"):
         store.claim(resume_chain(store, student_id))
+
+
+def test_a_stop_that_lands_before_the_trainer_starts_the_run_is_kept(tiny_presets, tmp_path):
+    # The window that lost stops: the trainer has read the row (queued), the stop cancels it, then
+    # the trainer starts the run. The start must not reset the stop.
+    from rrdtui.store import RunReporter
+
+    store = Store(tmp_path / "runs")
+    (run_id,) = create_runs(plan_runs(load_preset(tiny_presets["teacher"]), "t", store), store)
+    request_stop(store, run_id)
+    reporter = RunReporter(store, run_id)
+    assert not reporter.start()
+    row = store.get_run(run_id)
+    assert row["status"] == "stopped" and row["stop_requested"] == 1

@@ -249,11 +249,15 @@ def test_a_stop_sent_while_the_run_starts_is_never_lost(tmp_path, preset, moment
     runs = tmp_path / "runs"
     store = Store(runs)
     run_id = cli("run", preset, "--detach", "--runs", runs).stdout.strip().splitlines()[-1]
-    if moment != "at_once":
+    if moment == "at_once":
+        stopped = cli("stop", run_id, "--runs", runs)
+        assert stopped.returncode == 0, stopped.stderr
+    else:  # in this process, so the stop lands while the trainer is still importing torch
+        from rrdtui.launcher import request_stop
+
         pid = store.get_run(run_id)["pid"]
         wait_for(lambda: loading_torch(pid), what="the trainer to load torch")
-    stopped = cli("stop", run_id, "--runs", runs)
-    assert stopped.returncode == 0, stopped.stderr
+        request_stop(store, run_id)
     final = wait_for(lambda: ended(store, run_id), what="the end")
     assert final["status"] == "stopped", (final["status"], [e["message"] for e in store.events(run_id)])
     assert final["step"] < EPOCHS * STEPS_PER_EPOCH

@@ -14,9 +14,6 @@ from typing import Any
 
 import yaml
 
-# The paper's table key for each of our method names.
-METHOD_KEYS = {"none": "student", "kd": "KD", "rrd": "RRD", "rrd+kd": "RRD+KD", "crd": "CRD", "crd+kd": "CRD+KD"}
-
 # The tables of paper_results.yaml that hold CIFAR-100 teacher -> student pairs, in the paper's order.
 PAIR_TABLES = ("same_architecture", "different_architecture")
 

@@ -16,20 +16,51 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from rrdtui.registry import RegistryError, methods, paper_key, uses_relation_temperatures
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 if TYPE_CHECKING:
     from rrdtui.store import Store
 
-# The key of config.paper that holds the paper's number for a method.
-PAPER_LABELS = {"none": "student", "kd": "KD", "rrd": "RRD", "rrd+kd": "RRD+KD", "crd": "CRD", "crd+kd": "CRD+KD"}
-
-# Which way is better, for "best" values.
+# Which way is better, for "best" values: every loss (whatever its method) is lower-is-better.
 HIGHER_IS_BETTER = {"val/acc", "train/acc", "teacher/val_acc", "sim/agreement", "sim/cka", "sim/relation_corr"}
-LOWER_IS_BETTER = {
-    "train/loss", "train/loss_ce", "train/loss_kd", "train/loss_rrd", "train/loss_crd", "val/loss",
-    "sim/kl", "sim/logit_corr_diff",
-}  # fmt: skip
+LOWER_IS_BETTER = {"sim/kl", "sim/logit_corr_diff"}
+LOSS_PREFIXES = ("train/loss", "first/loss", "val/loss")
+
+
+def lower_is_better(name: str) -> bool:
+    return name.startswith(LOSS_PREFIXES) or name in LOWER_IS_BETTER
+
+
+def loss_series(names: Iterable[str], method: str | None = None) -> tuple[list[str], list[str]]:
+    """The loss curves a run has, in drawing order: (train/loss, its terms, val/loss) and the first
+    stage's first/loss_<term>. Terms: ce, kd, then the method's own in its SPEC's order, then any
+    other alphabetically."""
+    try:
+        info = methods().get(method or "")
+    except RegistryError:  # a broken method module: the curves still show, in name order
+        info = None
+    order = ["ce", "kd", *(info.losses if info else ())]
+
+    def key(term: str) -> tuple[int, str]:
+        return (order.index(term), "") if term in order else (len(order), term)
+
+    names = set(names)
+    terms = sorted((n.removeprefix("train/loss_") for n in names if n.startswith("train/loss_")), key=key)
+    main = [n for n in ("train/loss", *(f"train/loss_{t}" for t in terms), "val/loss") if n in names]
+    first = sorted((n for n in names if n.startswith("first/loss")), key=lambda n: key(n.removeprefix("first/loss_")))
+    return main, first
+
+
+def loss_label(name: str) -> str:
+    """A loss curve's legend: total, val, or its term upper-cased (train/loss_rrd -> RRD)."""
+    if name in ("train/loss", "first/loss"):
+        return "total"
+    if name == "val/loss":
+        return "val"
+    return name.split("/loss_", 1)[-1].upper()
+
 
 STATUS_STYLES = {
     "queued": "dim",
@@ -64,7 +95,7 @@ def open_store(runs_dir: Path) -> Iterator[Store]:
 
 
 def paper_label(method: str | None) -> str:
-    return PAPER_LABELS.get(method or "", (method or "").upper())
+    return paper_key(method or "") or (method or "").upper()
 
 
 def paper_number(paper: dict[str, Any] | None, method: str | None) -> float | None:
@@ -353,7 +384,7 @@ def _maybe_dead(row: dict[str, Any], stale: float = 30.0) -> bool:
 
 
 def uses_tau(method: str) -> bool:
-    return method.startswith("rrd")
+    return uses_relation_temperatures(method)
 
 
 def tau_text(row: RunRow) -> str:
@@ -410,6 +441,10 @@ def filter_rows(rows: list[RunRow], text: str) -> list[RunRow]:
 # ---------------------------------------------------------------------------------------------
 
 
+# "Nothing read yet": below every step, the first stage's negative ones included (-N .. -1).
+BEFORE_ALL = -(2**62)
+
+
 @dataclass
 class Series:
     steps: list[int]
@@ -418,7 +453,7 @@ class Series:
 
     @property
     def last_step(self) -> int:
-        return self.steps[-1] if self.steps else -1
+        return self.steps[-1] if self.steps else BEFORE_ALL
 
     def extend(self, rows: list[tuple[int, float, float]]) -> None:
         for step, epoch, value in rows:
@@ -438,17 +473,17 @@ def read_increments(
 
     A resumed run rewrites its metrics past the checkpoint; when the newest step the store knows for a
     series is below what was read, that series is re-read from the start (and listed in resets).
-    `names` None means every metric the run has.
+    `names` None means every metric the run has; a name missing from `last_steps` is read whole.
     """
     newest = dict(store.db.execute("SELECT name, step FROM latest WHERE run_id = ?", [run_id]).fetchall())
     wanted = sorted(newest) if names is None else [n for n in names if n in newest]
     out: dict[str, list[tuple[int, float, float]]] = {}
     resets: set[str] = set()
     for name in wanted:
-        last = last_steps.get(name, -1)
+        last = last_steps.get(name, BEFORE_ALL)
         if newest[name] is not None and newest[name] < last:
             resets.add(name)
-            last = -1
+            last = BEFORE_ALL
         elif newest[name] is not None and newest[name] == last:
             continue
         rows = store.series(run_id, name, after_step=last)
@@ -556,7 +591,7 @@ def final_and_best(store: Store, run_id: str, names: list[str]) -> dict[str, tup
     for name in names:
         final = latest.get(name)
         best = None
-        if final is not None and (name in HIGHER_IS_BETTER or name in LOWER_IS_BETTER):
+        if final is not None and (name in HIGHER_IS_BETTER or lower_is_better(name)):
             agg = "MAX" if name in HIGHER_IS_BETTER else "MIN"
             best = store.db.execute(
                 f"SELECT {agg}(value) FROM metrics WHERE run_id = ? AND name = ?", [run_id, name]

@@ -30,6 +30,7 @@ from rrdtui.tui.model import (
     paper_number,
     paper_ri,
     read_increments,
+    uses_tau,
     relative_improvement,
 )
 from rrdtui.tui.widgets.curves import CurvePlot
@@ -134,7 +135,8 @@ class CompareScreen(Screen):
                 points: dict[tuple[str, str], list] = {}
                 resets: set[tuple[str, str]] = set()
                 for rid in self.run_ids:
-                    p, r = read_increments(store, rid, [metric], {metric: last.get(rid, -1)})
+                    # A run not read yet is read whole (first-stage series start at negative steps).
+                    p, r = read_increments(store, rid, [metric], {metric: last[rid]} if rid in last else {})
                     for name, rows in p.items():
                         points[(rid, name)] = rows
                     resets |= {(rid, name) for name in r}
@@ -257,7 +259,7 @@ class CompareScreen(Screen):
             cm = self._config(r).get("method") or {}
             taus.append(
                 f"{cm.get('tau_s'):g}/{cm.get('tau_t'):g}"
-                if m.startswith("rrd") and cm.get("tau_s") is not None
+                if uses_tau(m) and cm.get("tau_s") is not None
                 else "-"
             )
         table.add_row("τs/τt", *taus)

@@ -23,12 +23,15 @@ from textual.widgets import Footer, Log, Static, TabbedContent, TabPane, Tabs
 from rrdtui.plotting import Curve, Figure, Ref
 from rrdtui.ownership import RESUMABLE
 from rrdtui.tui.model import (
+    LOSS_PREFIXES,
     STATUS_STYLES,
     LogTail,
     Series,
     fmt_duration,
     fmt_num,
     fmt_time,
+    loss_label,
+    loss_series,
     new_series,
     open_store,
     paper_label,
@@ -39,9 +42,10 @@ from rrdtui.tui.model import (
 from rrdtui.tui.screens.confirm import ConfirmScreen
 from rrdtui.tui.widgets.curves import CurvePlot
 
-# plot id -> (title, y label, metrics drawn)
+# plot id -> (title, y label, metrics drawn); the two loss plots draw whatever losses the run has.
 PLOTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "p-loss": ("loss terms", "", ("train/loss", "train/loss_ce", "train/loss_kd", "train/loss_rrd", "train/loss_crd", "val/loss")),
+    "p-loss": ("loss terms", "", ()),
+    "p-first": ("first stage", "", ()),
     "p-lr": ("learning rate", "", ("train/lr",)),
     "p-acc": ("accuracy %", "", ("train/acc", "val/acc")),
     "p-agree": ("top-1 agreement with the teacher %", "", ("sim/agreement",)),
@@ -50,8 +54,7 @@ PLOTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "p-ent": ("RRD entropies", "nats", ("rrd/entropy_t", "rrd/entropy_s")),
 }  # fmt: skip
 LABELS = {
-    "train/loss": "total", "train/loss_ce": "CE", "train/loss_kd": "KD", "train/loss_rrd": "RRD",
-    "train/loss_crd": "CRD", "val/loss": "val", "train/lr": "lr", "train/acc": "train", "val/acc": "val",
+    "train/lr": "lr", "train/acc": "train", "val/acc": "val",
     "sim/agreement": "agreement", "sim/cka": "CKA", "sim/relation_corr": "relation corr",
     "sim/kl": "KL", "sim/logit_corr_diff": "|Δ class logit corr|",
     "rrd/entropy_t": "H(p_T) teacher", "rrd/entropy_s": "H(p_S) student",
@@ -116,6 +119,9 @@ class DetailScreen(Screen):
             with TabPane("1 Loss", id="loss"):
                 with Horizontal():
                     yield CurvePlot(id="p-loss")
+                    first = CurvePlot(id="p-first")
+                    first.display = False  # shown when the run has a first stage
+                    yield first
                     yield CurvePlot(id="p-lr")
             with TabPane("2 Accuracy", id="acc"):
                 yield CurvePlot(id="p-acc")
@@ -280,20 +286,30 @@ class DetailScreen(Screen):
             lines.append(Text(run["error"].splitlines()[0], style="red"))
         head.update(Text("\n").join(lines))
 
-    def _figure(self, plot_id: str, title: str | None = None) -> Figure:
-        base_title, ylabel, names = PLOTS[plot_id]
+    def _figure(self, plot_id: str, title: str | None = None, names: list[str] | None = None) -> Figure:
+        base_title, ylabel, plot_names = PLOTS[plot_id]
         curves = []
-        for name in names:
+        for name in plot_names if names is None else names:
             s = self.series.get(name)
             if s and s.values:
-                curves.append(Curve(LABELS.get(name, name), s.epochs, s.values))
+                label = loss_label(name) if name.startswith(LOSS_PREFIXES) else LABELS.get(name, name)
+                curves.append(Curve(label, s.epochs, s.values))
         return Figure(curves=curves, title=title or base_title, ylabel=ylabel)
 
     def _draw_plots(self) -> None:
         config = self._config()
         method = (self.run or {}).get("method") or ""
-        for plot_id in ("p-loss", "p-lr", "p-agree", "p-kl", "p-feat"):
+        for plot_id in ("p-lr", "p-agree", "p-kl", "p-feat"):
             self.query_one(f"#{plot_id}", CurvePlot).show(self._figure(plot_id))
+        # Every loss the store has for the run: train/loss, each train/loss_<term>, val/loss; and the
+        # first stage's first/loss_<term> in a plot of their own (negative epochs, another scale).
+        names = [name for name, s in self.series.items() if s.values]
+        main, first = loss_series(names, method)
+        self.query_one("#p-loss", CurvePlot).show(self._figure("p-loss", names=main))
+        first_plot = self.query_one("#p-first", CurvePlot)
+        first_plot.display = bool(first)
+        if first:
+            first_plot.show(self._figure("p-first", names=first))
         acc = self._figure("p-acc")
         teacher = self._teacher_acc()
         if teacher is not None and method != "none":

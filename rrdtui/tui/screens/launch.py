@@ -19,7 +19,9 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
-from rrdtui.catalog import DATASETS, METHOD_WEIGHTS, METHODS
+from rrdtui.catalog import DATASETS
+from rrdtui.registry import MethodInfo, short_citation, weights_text
+from rrdtui.registry import methods as registered_methods
 from rrdtui.config import Config, ConfigError, apply_overrides, load_preset, read_yaml
 from rrdtui.tui.model import open_store
 
@@ -32,13 +34,19 @@ FIELDS = (
     ("train.epochs", "epochs"), ("optim.lr", "lr"),
     ("train.batch_size", "batch"), ("seed", "seed"),
 )  # fmt: skip
-CHOICES = {"method.name": METHODS, "data.name": DATASETS}
 WEIGHTS = ("method.alpha", "method.beta", "method.gamma")
+OPTION_SLOTS = 4  # method.options.<key> fields shown (two rows); a method with more lists the rest
 PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def field_id(key: str) -> str:
     return "f-" + key.replace(".", "-")
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """The values of the choice fields, read when a screen is made: a method registered at run time
+    (rrdtui.registry.register) is offered."""
+    return {"method.name": tuple(registered_methods()), "data.name": DATASETS}
 
 
 def _get(mapping: dict[str, Any], key: str) -> Any:
@@ -86,6 +94,22 @@ class Launched(Message):
 
 
 class LaunchScreen(Screen[list[str] | None]):
+    DEFAULT_CSS = """
+    #method-info {
+        height: auto;
+        max-height: 3;
+        margin-top: 1;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
+    #launch-options {
+        grid-size: 4;
+        grid-columns: 11 1fr 11 1fr;
+        grid-rows: 1;
+        grid-gutter: 0 1;
+        height: auto;
+    }
+    """
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("ctrl+l", "launch", "Launch"),
@@ -104,6 +128,10 @@ class LaunchScreen(Screen[list[str] | None]):
         self.launching = False
         self._plan_seq = 0
         self._plan_timer = None
+        self.choices = choices()
+        self.option_keys: tuple[str, ...] = ()  # method.options.<key> in the option fields, in order
+        self.option_initial: dict[str, str] = {}  # what the preset sets for them ("" for the default)
+        self._shown_method: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("[b]Launch a run[/b]  pick a preset, edit, ctrl+l to launch (detached)", id="launch-title")
@@ -114,11 +142,16 @@ class LaunchScreen(Screen[list[str] | None]):
                 with Grid(id="launch-form"):
                     for key, label in FIELDS:
                         yield Label(label, classes="field-label")
-                        if key in CHOICES:
-                            yield Select([(c, c) for c in CHOICES[key]], id=field_id(key), compact=True,
+                        if key in self.choices:
+                            yield Select([(c, c) for c in self.choices[key]], id=field_id(key), compact=True,
                                          allow_blank=True, prompt="?")  # fmt: skip
                         else:
                             yield Input(id=field_id(key), compact=True)
+                yield Static(id="method-info")
+                with Grid(id="launch-options"):
+                    for i in range(OPTION_SLOTS):
+                        yield Label("", id=f"option-label-{i}", classes="field-label")
+                        yield Input(id=f"f-option-{i}", compact=True)
                 yield Static(id="plan")
                 yield Static(id="verdict")
                 with Horizontal(id="launch-actions"):
@@ -176,10 +209,10 @@ class LaunchScreen(Screen[list[str] | None]):
             widget = self.query_one(f"#{field_id(key)}")
             if isinstance(widget, Select):
                 value = self.initial[key]
-                widget.value = value if value in CHOICES[key] else Select.NULL
+                widget.value = value if value in self.choices[key] else Select.NULL
             else:
                 widget.value = self.initial[key]
-        self._update_weight_placeholders()
+        self._show_method()
         self.validate()
 
     def _value(self, key: str) -> str:
@@ -195,19 +228,54 @@ class LaunchScreen(Screen[list[str] | None]):
             text = self._value(key)
             if text == self.initial.get(key, ""):
                 continue
-            if key in CHOICES and not text:
+            if key in self.choices and not text:
                 continue
             if key in WEIGHTS and not text:
                 continue  # empty weight: the method's default
             out.append(f"{key}={text}")
+        for i, key in enumerate(self.option_keys[:OPTION_SLOTS]):
+            text = self.query_one(f"#f-option-{i}", Input).value.strip()
+            if text and text != self.option_initial.get(key, ""):
+                out.append(f"method.options.{key}={text}")  # empty: the preset's value, else the default
         return out
 
-    def _update_weight_placeholders(self) -> None:
-        method = self._value("method.name")
-        weights = METHOD_WEIGHTS.get(method)
+    def _method_info(self) -> MethodInfo | None:
+        return registered_methods().get(self._value("method.name"))
+
+    def _show_method(self) -> None:
+        """The selected method: its paper and default weights, the weights' placeholders and its
+        options (method.options.<key>, each with the preset's value or its default as placeholder)."""
+        info = self._method_info()
+        self._shown_method = info.name if info else None
+        weights = info.weights if info else None
         for key in WEIGHTS:
             box = self.query_one(f"#{field_id(key)}", Input)
             box.placeholder = f"default {weights[key.split('.')[1]]:g}" if weights else "method default"
+        box = self.query_one("#method-info", Static)
+        if info is None:
+            box.update("")
+        else:
+            title = Text(info.title, style="bold", no_wrap=True, overflow="ellipsis")
+            more = list(info.options)[OPTION_SLOTS:]
+            line = f"γ/α/β {weights_text(info.weights)} · {short_citation(info.paper)}"
+            if more:
+                line = f"{line} · also {', '.join(f'method.options.{k}' for k in more)}"
+            lines = Text("\n", no_wrap=True, overflow="ellipsis").join([title, Text(line, style="dim")])
+            box.update(lines)
+        options = dict(info.options) if info else {}
+        self.option_keys = tuple(options)
+        self.option_initial = {k: _text(_get(self.raw, f"method.options.{k}")) for k in self.option_keys}
+        for i in range(OPTION_SLOTS):
+            label = self.query_one(f"#option-label-{i}", Label)
+            box = self.query_one(f"#f-option-{i}", Input)
+            shown = i < len(self.option_keys)
+            label.display = box.display = shown
+            if shown:
+                key = self.option_keys[i]
+                label.update(Text(key))
+                label.tooltip = box.tooltip = f"method.options.{key}"
+                box.placeholder = f"default {_text(options[key]) or 'null'}"
+                box.value = self.option_initial[key]
 
     @on(Input.Changed)
     def _input_changed(self, event: Input.Changed) -> None:
@@ -216,7 +284,8 @@ class LaunchScreen(Screen[list[str] | None]):
 
     @on(Select.Changed)
     def _select_changed(self, event: Select.Changed) -> None:
-        self._update_weight_placeholders()
+        if self._value("method.name") != (self._shown_method or ""):
+            self._show_method()  # another method: its paper, weights and options
         self.validate()
 
     def validate(self) -> None:
