@@ -18,7 +18,25 @@ from rrdtui.datacheck import check_data, data_shape
 from rrdtui.registry import method_info
 
 # Importing torch and reading a large teacher takes seconds; a hung check must not hang the CLI.
-TEACHER_CHECK_TIMEOUT_S = 300.0
+CHECK_TIMEOUT_S = 300.0
+
+
+def _run_check(cmd: list[str], what: str, stdin: str | None = None) -> None:
+    """Run a check process: exit 0 passes; exit 2 with a line on stderr is that line, as ConfigError."""
+    try:
+        proc = subprocess.run(
+            cmd, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL, capture_output=True,
+            text=True, errors="replace", timeout=CHECK_TIMEOUT_S,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"checking {what} took over {CHECK_TIMEOUT_S:.0f} s: is a file on a slow or hung mount?") from None
+    if proc.returncode == 0:
+        return
+    lines = [line for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
+    if proc.returncode == 2 and lines:
+        raise ConfigError(lines[-1].strip())
+    last = lines[-1].strip() if lines else f"exit code {proc.returncode}"
+    raise ConfigError(f"the check of {what} failed: {last}")
 
 
 def check_teacher_checkpoint(cfg: Config) -> None:
@@ -29,23 +47,7 @@ def check_teacher_checkpoint(cfg: Config) -> None:
         str(cfg.teacher.arch), str(cfg.teacher.checkpoint),
         "-" if num_classes is None else str(num_classes), str(channels),
     ]  # fmt: skip
-    try:
-        proc = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
-            timeout=TEACHER_CHECK_TIMEOUT_S,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        raise ConfigError(
-            f"checking teacher.checkpoint {cfg.teacher.checkpoint} took over {TEACHER_CHECK_TIMEOUT_S:.0f} s: "
-            "is the file on a slow or hung mount?"
-        ) from None
-    if proc.returncode == 0:
-        return
-    lines = [line for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
-    if proc.returncode == 2 and lines:
-        raise ConfigError(lines[-1].strip())
-    last = lines[-1].strip() if lines else f"exit code {proc.returncode}"
-    raise ConfigError(f"the check of teacher.checkpoint {cfg.teacher.checkpoint} failed: {last}")
+    _run_check(cmd, f"teacher.checkpoint {cfg.teacher.checkpoint}")
 
 
 def check_method_pairing(cfg: Config) -> None:
@@ -53,20 +55,7 @@ def check_method_pairing(cfg: Config) -> None:
     method reading stage maps whose shapes do not fit), by building it as training will."""
     num_classes, channels = data_shape(cfg)
     request = {"config": cfg.to_dict(), "num_classes": num_classes or 10, "in_channels": channels}
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "rrdtui.train.pairing"], input=json.dumps(request), capture_output=True,
-            text=True, errors="replace", timeout=TEACHER_CHECK_TIMEOUT_S,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        raise ConfigError(f"checking method {cfg.method.name} took over {TEACHER_CHECK_TIMEOUT_S:.0f} s") from None
-    if proc.returncode == 0:
-        return
-    lines = [line for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
-    if proc.returncode == 2 and lines:
-        raise ConfigError(lines[-1].strip())
-    last = lines[-1].strip() if lines else f"exit code {proc.returncode}"
-    raise ConfigError(f"the check of method {cfg.method.name} failed: {last}")
+    _run_check([sys.executable, "-m", "rrdtui.train.pairing"], f"method {cfg.method.name}", json.dumps(request))
 
 
 def preflight(plan) -> None:

@@ -54,6 +54,17 @@ def default_runs_dir() -> Path:
 
 migrations = Migrations("rrdtui")
 
+# Keeps `latest` in step with every insert into metrics, whichever process writes.
+LATEST_TRIGGER = """
+CREATE TRIGGER metrics_latest AFTER INSERT ON metrics BEGIN
+  INSERT INTO latest (run_id, name, step, epoch, value, time)
+  VALUES (NEW.run_id, NEW.name, NEW.step, NEW.epoch, NEW.value, NEW.time)
+  ON CONFLICT (run_id, name) DO UPDATE SET
+    step = excluded.step, epoch = excluded.epoch, value = excluded.value, time = excluded.time
+  WHERE excluded.step >= latest.step;
+END
+"""
+
 
 @migrations()
 def m001_initial(db: sqlite_utils.Database) -> None:
@@ -101,17 +112,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         pk=("run_id", "name"),
     )
     # The trigger keeps `latest` in step with every insert, whichever process writes.
-    db.execute(
-        """
-        CREATE TRIGGER metrics_latest AFTER INSERT ON metrics BEGIN
-          INSERT INTO latest (run_id, name, step, epoch, value, time)
-          VALUES (NEW.run_id, NEW.name, NEW.step, NEW.epoch, NEW.value, NEW.time)
-          ON CONFLICT (run_id, name) DO UPDATE SET
-            step = excluded.step, epoch = excluded.epoch, value = excluded.value, time = excluded.time
-          WHERE excluded.step >= latest.step;
-        END
-        """
-    )
+    db.execute(LATEST_TRIGGER)
     db["events"].create(
         {"id": int, "run_id": str, "time": float, "level": str, "message": str}, pk="id"
     )
@@ -166,17 +167,7 @@ def m004_unique_metrics(db: sqlite_utils.Database) -> None:
     db.execute("DROP TABLE metrics")
     db.execute("ALTER TABLE metrics_unique RENAME TO metrics")
     # The UNIQUE constraint's index serves the (run_id, name, step) lookups the old index served.
-    db.execute(
-        """
-        CREATE TRIGGER metrics_latest AFTER INSERT ON metrics BEGIN
-          INSERT INTO latest (run_id, name, step, epoch, value, time)
-          VALUES (NEW.run_id, NEW.name, NEW.step, NEW.epoch, NEW.value, NEW.time)
-          ON CONFLICT (run_id, name) DO UPDATE SET
-            step = excluded.step, epoch = excluded.epoch, value = excluded.value, time = excluded.time
-          WHERE excluded.step >= latest.step;
-        END
-        """
-    )
+    db.execute(LATEST_TRIGGER)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 from rrdtui.config import Config, ConfigError, apply_overrides, from_mapping
 from rrdtui.reference import transfer_numbers
-from rrdtui.registry import paper_key
+from rrdtui.registry import paper_key as method_paper_key
 from rrdtui.store import Store
 
 TRANSFER_DATA = ("stl10", "tiny_imagenet")
@@ -43,7 +43,7 @@ def paper_key(source: dict[str, Any]) -> str | None:
     if method == "none":
         return {"wrn_16_2": "student", "wrn_40_2": "teacher"}.get(student)
     if (teacher, student) == ("wrn_40_2", "wrn_16_2"):
-        return paper_key(method)
+        return method_paper_key(method)
     return None
 
 
