@@ -4,20 +4,18 @@ the teacher-student pairs they accept, and real (tiny) training runs in process.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
-from rrdtui.config import Config, from_mapping, validate
+from rrdtui.config import Config, validate
 from rrdtui.registry import method_info, method_names
-from rrdtui.store import RunReporter, Store
-from rrdtui.train.loop import TrainError, train
+from rrdtui.train.loop import TrainError
 from rrdtui.train.methods.base import Context, Forward, MethodError, build_method
 from rrdtui.train.models import build_model
 
-from conftest import TINY_DATA
+from conftest import config, run
 
 # name: (paper_key, beta of RepDistiller's scripts/run_cifar_distill.sh, features, terms)
 EXPECTED = {
@@ -226,36 +224,6 @@ def test_rkd_reads_its_weights_from_the_options():
 # ---------------------------------------------------------------------------------------------
 # Real training runs on the tiny synthetic data
 # ---------------------------------------------------------------------------------------------
-
-TRAIN = {"epochs": 3, "batch_size": 32, "device": "cpu", "log_every": 2}
-
-
-def config(name: str, **sections):
-    raw = {"name": name, "data": TINY_DATA, "optim": {"lr": 0.05, "milestones": [2]}, "train": TRAIN}
-    raw.update(sections)
-    return from_mapping(raw, "test")
-
-
-def run(tmp_path: Path, cfg, teacher_path=None):
-    store = Store(tmp_path / "runs")
-    run_id = store.create_run(cfg.to_dict(), config_hash=cfg.fingerprint())
-    reporter = RunReporter(store, run_id)
-    reporter.start()
-    outcome = train(cfg, tmp_path / "runs" / run_id, reporter, teacher_path=teacher_path)
-    reporter.finish(outcome.status)
-    return store, run_id, outcome
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory) -> str:
-    """A resnet14 teacher trained briefly on the tiny data, saved in RepDistiller's format."""
-    tmp = tmp_path_factory.mktemp("teacher")
-    _, run_id, outcome = run(tmp, config("teacher", student={"arch": "resnet14"}, method={"name": "none"}))
-    assert outcome.status == "completed"
-    state = torch.load(tmp / "runs" / run_id / "last.pt", weights_only=True)["model"]
-    path = tmp / "ckpt_epoch_240.pth"
-    torch.save({"model": state, "epoch": 240}, path)
-    return str(path)
 
 
 # Each method from the resnet14 teacher to a resnet8 student, one +kd combination, and one cross-family

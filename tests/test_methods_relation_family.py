@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rrdtui.config import Config, from_mapping, validate
+from rrdtui.config import Config, validate
 from rrdtui.losses import dkd_loss
 from rrdtui.registry import method_info
 from rrdtui.store import RunReporter, Store
@@ -20,16 +20,9 @@ from rrdtui.train.loop import TrainError, classifier_module, train
 from rrdtui.train.methods.base import Context, Forward, MethodError, build_method
 from rrdtui.train.models import build_model
 
-from conftest import TINY_DATA
+from conftest import config, run
 
-TRAIN = {"epochs": 3, "batch_size": 32, "device": "cpu", "log_every": 2}
 EVERY_STEP = -(10**9)  # Store.series(after_step=...) that includes the first stage's negative steps
-
-
-def config(name: str, **sections):
-    raw = {"name": name, "data": TINY_DATA, "optim": {"lr": 0.05, "milestones": [2]}, "train": TRAIN}
-    raw.update(sections)
-    return from_mapping(raw, "test")
 
 
 def student_config(method: str, teacher_file: str, teacher_arch: str = "resnet14", **method_fields):
@@ -47,26 +40,6 @@ def start(tmp_path: Path, cfg):
     reporter = RunReporter(store, run_id)
     reporter.start()
     return store, run_id, reporter, tmp_path / "runs" / run_id
-
-
-def run(tmp_path: Path, cfg, teacher_path=None, **kwargs):
-    store, run_id, reporter, run_dir = start(tmp_path, cfg)
-    outcome = train(cfg, run_dir, reporter, teacher_path=teacher_path, **kwargs)
-    reporter.finish(outcome.status)
-    return store, run_id, outcome
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory) -> str:
-    """A resnet14 teacher trained briefly on the tiny data, saved in RepDistiller's layout."""
-    tmp = tmp_path_factory.mktemp("teacher")
-    cfg = config("teacher", student={"arch": "resnet14"}, method={"name": "none"})
-    _, run_id, outcome = run(tmp, cfg)
-    assert outcome.status == "completed"
-    state = torch.load(tmp / "runs" / run_id / "last.pt", weights_only=True)["model"]
-    path = tmp / "ckpt_epoch_240.pth"
-    torch.save({"model": state, "epoch": 240}, path)
-    return str(path)
 
 
 def values(store: Store, run_id: str, name: str) -> list[float]:

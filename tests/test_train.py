@@ -8,43 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rrdtui.config import from_mapping
 from rrdtui.store import RunReporter, Store
 from rrdtui.train.loop import Diverged, TrainError, train
 from rrdtui.train.models import build_model
 
-from conftest import TINY_DATA
-
-TRAIN = {"epochs": 3, "batch_size": 32, "device": "cpu", "log_every": 2}
-
-
-def config(name: str, **sections):
-    raw = {"name": name, "data": TINY_DATA, "optim": {"lr": 0.05, "milestones": [2]}, "train": TRAIN}
-    raw.update(sections)
-    return from_mapping(raw, "test")
-
-
-def run(tmp_path: Path, cfg, teacher_path=None, **kwargs):
-    store = Store(tmp_path / "runs")
-    run_id = store.create_run(cfg.to_dict(), config_hash=cfg.fingerprint())
-    reporter = RunReporter(store, run_id)
-    reporter.start()
-    outcome = train(cfg, tmp_path / "runs" / run_id, reporter, teacher_path=teacher_path, **kwargs)
-    reporter.finish(outcome.status)
-    return store, run_id, outcome
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory) -> str:
-    """A resnet14 teacher trained briefly on the tiny data, saved in the published format."""
-    tmp = tmp_path_factory.mktemp("teacher")
-    cfg = config("teacher", student={"arch": "resnet14"}, method={"name": "none"})
-    _, run_id, outcome = run(tmp, cfg)
-    assert outcome.status == "completed"
-    state = torch.load(tmp / "runs" / run_id / "last.pt", weights_only=True)["model"]
-    path = tmp / "ckpt_epoch_240.pth"
-    torch.save({"model": state, "epoch": 240}, path)  # the layout of RepDistiller's teachers
-    return str(path)
+from conftest import TINY_DATA, TRAIN, config, run
 
 
 METHODS = [
