@@ -38,6 +38,9 @@ HEARTBEAT_SECONDS = 10.0
 # On another host, a run whose heartbeat is this old is crashed (on this host the lock decides).
 STALE_SECONDS = 45.0
 HOST = socket.gethostname()
+# In a student's run folder: its own link to its teacher run's weights (removing the teacher run
+# leaves the student resumable).
+TEACHER_FILE = "teacher.pt"
 
 
 class StoreError(Exception):
@@ -168,6 +171,31 @@ def m004_unique_metrics(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE metrics_unique RENAME TO metrics")
     # The UNIQUE constraint's index serves the (run_id, name, step) lookups the old index served.
     db.execute(LATEST_TRIGGER)
+
+
+@migrations()
+def m005_studies(db: sqlite_utils.Database) -> None:
+    # A study owns runs: the expanded study file, and where its runner is. Runs point to their study.
+    db["studies"].create(
+        {
+            "name": str,
+            "file": str,  # the study file it was expanded from
+            "spec": str,  # the expanded study (base presets, grid, seeds, overrides): JSON
+            "created": float,
+            "pid": int,  # the study runner while it runs
+            "host": str,
+            "slots": int,
+            "devices": str,  # comma-separated CUDA device indices, "" for the CPU
+            "per_device": int,
+            "stop_requested": int,
+            "started": float,
+            "ended": float,
+        },
+        pk="name",
+    )
+    db["runs"].add_column("study", str)
+    db["runs"].add_column("study_point", str)  # the grid point and seed this run stands for: JSON
+    db["runs"].create_index(["study"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +440,9 @@ class Store:
         sql = "SELECT * FROM runs ORDER BY created DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [self._check_liveness(r) for r in self.db.query(sql)]
+        # Read every row before judging any: a write (marking a run crashed) while a SELECT is still
+        # open would upgrade a stale read snapshot, which SQLite refuses at once ("database is locked").
+        return [self._check_liveness(r) for r in list(self.db.query(sql))]
 
     def find_completed(self, config: dict[str, Any]) -> dict[str, Any] | None:
         """The newest completed run trained with this configuration (a reusable teacher).
@@ -431,11 +461,68 @@ class Store:
                 return self._present(row)
         return None
 
+    def find_active(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The oldest queued or running run with this configuration that is alive (a teacher being
+        trained for another student: later students wait for it instead of training it again)."""
+        from rrdtui.config import fingerprint, training_differences
+
+        rows = list(self.db.query(  # all read first: judging liveness may write (see list_runs)
+            "SELECT * FROM runs WHERE config_hash = ? AND status IN ('queued', 'running') ORDER BY created",
+            [fingerprint(config)],
+        ))
+        for row in rows:
+            row = self._check_liveness(row)
+            if row["status"] in ACTIVE and not training_differences(json.loads(row["config"]), config):
+                return row
+        return None
+
+    def students_of(self, run_id: str) -> list[dict[str, Any]]:
+        """The runs distilled (or to be distilled) from the teacher run `run_id`."""
+        return [self._present(r) for r in self.db.query("SELECT * FROM runs WHERE teacher_run = ? ORDER BY created", [run_id])]
+
     def delete_run(self, run_id: str) -> None:
         with self.db.atomic():
             for table in ("metrics", "latest", "events", "artifacts"):
                 self.db.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
             self.db.execute("DELETE FROM runs WHERE id = ?", [run_id])
+
+    # -- studies ------------------------------------------------------------------------------
+
+    def save_study(self, name: str, file: str, spec: dict[str, Any]) -> None:
+        """Record a study (or its newer expansion: a re-run may change its file or overrides)."""
+        existing = self.get_study(name)
+        fields = {"file": file, "spec": json.dumps(spec)}
+        if existing is None:
+            self.db["studies"].insert({"name": name, "created": _now(), "stop_requested": 0, **fields})
+        else:
+            self.db["studies"].update(name, fields)
+
+    def get_study(self, name: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM studies WHERE name = ?", [name]))
+        return rows[0] if rows else None
+
+    def list_studies(self) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM studies ORDER BY created DESC"))
+
+    def study_runs(self, name: str) -> list[dict[str, Any]]:
+        """A study's runs, oldest first, each judged by the liveness rule."""
+        rows = list(self.db.query("SELECT * FROM runs WHERE study = ? ORDER BY created, rowid", [name]))
+        return [self._check_liveness(r) for r in rows]  # all read first: judging may write (see list_runs)
+
+    def update_study(self, name: str, **fields: Any) -> None:
+        if fields:
+            self.db["studies"].update(name, fields)
+
+    def study_runner_alive(self, study: dict[str, Any]) -> bool:
+        """Whether the study's runner process is still there (the liveness rule, applied to runners:
+        on this host its lock decides)."""
+        if (study.get("host") or HOST) != HOST:
+            return bool(study.get("pid")) and study.get("ended") is None
+        return lock_held(self.study_dir(study["name"]))
+
+    def study_dir(self, name: str) -> Path:
+        """A study's folder (its runner's lock and log): `<store folder>/studies/<name>`."""
+        return self.runs_dir.resolve() / "studies" / name
 
     # -- ownership and liveness ---------------------------------------------------------------
 
@@ -532,12 +619,12 @@ class Store:
             )
         self.db.conn.commit()
 
-    def cancel_queued(self, run_id: str) -> bool:
-        """queued -> stopped, unless its trainer started it meanwhile (then False)."""
+    def cancel_queued(self, run_id: str, status: str = "stopped", error: str = "stopped before it started") -> bool:
+        """queued -> stopped (or failed, with the reason), unless its trainer started it meanwhile
+        (then False)."""
         cursor = self.db.execute(
-            "UPDATE runs SET status = 'stopped', stop_requested = 1, error = 'stopped before it started', "
-            "ended = ? WHERE id = ? AND status = 'queued'",
-            [_now(), run_id],
+            "UPDATE runs SET status = ?, stop_requested = ?, error = ?, ended = ? WHERE id = ? AND status = 'queued'",
+            [status, int(status == "stopped"), error, _now(), run_id],
         )
         self.db.conn.commit()
         return cursor.rowcount == 1

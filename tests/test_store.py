@@ -106,7 +106,8 @@ def test_older_store_is_migrated_once_keeping_its_rows(tmp_path):
     assert store.get_run("old00001")["name"] == "old"
     assert store.latest("old00001") == {"val/acc": 42.0}
     applied = [m.name for m in store_module.migrations.applied(store.db)]
-    assert applied == ["m001_initial", "m002_teacher_acc", "m003_fingerprint_non_defaults", "m004_unique_metrics"]
+    assert applied == ["m001_initial", "m002_teacher_acc", "m003_fingerprint_non_defaults", "m004_unique_metrics",
+                       "m005_studies"]
 
 
 def _open_concurrently(path: str, barrier) -> None:
@@ -127,7 +128,8 @@ def test_several_processes_opening_an_old_store_migrate_it_once(tmp_path):
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     rows = sqlite3.connect(tmp_path / "rrdtui.db").execute("SELECT name FROM _sqlite_migrations").fetchall()
-    assert sorted(r[0] for r in rows) == ["m001_initial", "m002_teacher_acc", "m003_fingerprint_non_defaults", "m004_unique_metrics"]
+    assert sorted(r[0] for r in rows) == ["m001_initial", "m002_teacher_acc", "m003_fingerprint_non_defaults", "m004_unique_metrics",
+                       "m005_studies"]
 
 
 def _writer(path: str, run_id: str, rows: int) -> None:
@@ -196,3 +198,30 @@ def test_a_stored_run_that_differs_in_training_is_not_reused(tmp_path):
 
     store.create_run(stored, config_hash=fingerprint(cfg.to_dict()), status="completed")  # same hash
     assert store.find_completed(cfg.to_dict()) is None
+
+
+def test_judging_runs_while_another_process_writes_does_not_fail(tmp_path, monkeypatch):
+    """Reading run lists marks dead owners' runs crashed; another process writing meanwhile must not
+    make that write fail with "database is locked" (a stale read snapshot cannot be upgraded)."""
+    import subprocess
+    import sys
+
+    from rrdtui.store import Store
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # reaped: its pid is no process
+    store, other = Store(tmp_path / "runs"), Store(tmp_path / "runs")
+    config = {"method": {"name": "none"}, "student": {"arch": "resnet8"}, "data": {"name": "synthetic"},
+              "train": {"epochs": 1}}  # fmt: skip
+    ids = [store.create_run(config, status="running", pid=gone.pid, study="s") for _ in range(3)]
+    judge = Store.alive
+
+    def alive_while_another_process_writes(self, row):
+        other.event(row["id"], "info", "a write by another process")
+        return judge(self, row)
+
+    monkeypatch.setattr(Store, "alive", alive_while_another_process_writes)
+    assert {r["status"] for r in store.list_runs()} == {"crashed"}
+    for run_id in ids:
+        store.update_run(run_id, status="running")
+    assert {r["status"] for r in store.study_runs("s")} == {"crashed"}

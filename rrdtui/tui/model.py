@@ -14,10 +14,12 @@ import socket
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rrdtui.registry import RegistryError, methods, paper_key, uses_relation_temperatures
+from rrdtui.runfilter import NOTE, TAGS, matches, parse_filters
+from rrdtui.studies.table import relative_improvement  # noqa: F401 (one formula, for the dashboard too)
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 if TYPE_CHECKING:
@@ -103,13 +105,6 @@ def paper_number(paper: dict[str, Any] | None, method: str | None) -> float | No
         return None
     value = paper.get(paper_label(method))
     return float(value) if isinstance(value, (int, float)) else None
-
-
-def relative_improvement(acc: float | None, kd: float | None, student: float | None) -> float | None:
-    """CRD's RI = (Acc_method - Acc_KD) / (Acc_KD - Acc_student); None when it does not apply."""
-    if acc is None or kd is None or student is None or kd == student:
-        return None
-    return (acc - kd) / (kd - student)
 
 
 def paper_ri(paper: dict[str, Any] | None, method: str | None) -> float | None:
@@ -205,6 +200,9 @@ class RunRow:
     paper: float | None
     teacher_acc: float | None
     error: str
+    tags: tuple[str, ...] = ()  # the run's artifacts "tags" and "note" (rrdtui tag, rrdtui note, `t`)
+    note: str = ""
+    config: str = field(default="", compare=False, repr=False)  # its configuration, JSON, for filters
 
     @property
     def group(self) -> str:
@@ -242,6 +240,8 @@ class RunRow:
                 self.data,
                 self.status,
                 pair_text(self),
+                *self.tags,
+                self.note,
             )
         ).lower()
 
@@ -293,11 +293,11 @@ class RunLister:
         """The run list through the Store (which marks dead running runs as crashed)."""
         return self._rows(store.list_runs(), store.db.execute)
 
-    def load_quick(self, runs_dir: Path) -> list[RunRow] | None:
+    def load_quick(self, runs_dir: Path, limit: int = -1) -> list[RunRow] | None:
         """The first read, with plain sqlite3: no store module to import (sqlite-utils pulls in numpy
-        and click, half a second on a small machine), so the list shows sooner. None when the store
-        must read instead: no database yet, an unexpected schema, or a running run that may be dead
-        (the Store decides and marks it crashed)."""
+        and click, half a second on a small machine), so the list shows sooner; the newest `limit`
+        runs only, if given. None when the store must read instead: no database yet, an unexpected
+        schema, or a running run that may be dead (the Store decides and marks it crashed)."""
         path = Path(runs_dir) / "rrdtui.db"
         if not path.is_file():
             return None
@@ -307,9 +307,20 @@ class RunLister:
             return None
         try:
             conn.row_factory = sqlite3.Row
-            runs = [dict(r) for r in conn.execute("SELECT * FROM runs ORDER BY created DESC")]
+            # The configuration's bits the list shows, parsed by SQLite (the first read parses every
+            # run's configuration: json.loads would take longer than the rest of the read).
+            runs = [dict(r) for r in conn.execute(
+                "SELECT *, json_extract(config, '$.method.tau_s') AS bit_tau_s, "
+                "json_extract(config, '$.method.tau_t') AS bit_tau_t, json_extract(config, '$.paper') AS bit_paper "
+                # Only the rows kept go through the sort with their configurations and bits.
+                "FROM runs WHERE rowid IN (SELECT rowid FROM runs ORDER BY created DESC LIMIT ?) ORDER BY created DESC",
+                [limit],
+            )]  # fmt: skip
             if any(r.get("status") == "running" and _maybe_dead(r) for r in runs):
                 return None
+            for r in runs:
+                paper = json.loads(r["bit_paper"]) if str(r["bit_paper"]).startswith("{") else None
+                self._config_bits.setdefault(r["id"], (_num(r["bit_tau_s"]), _num(r["bit_tau_t"]), paper))
             conn.row_factory = None
             return self._rows(runs, conn.execute)
         except (sqlite3.Error, KeyError):
@@ -318,6 +329,14 @@ class RunLister:
             conn.close()
 
     def _rows(self, runs: list[dict[str, Any]], execute: Callable) -> list[RunRow]:
+        notes: dict[tuple[str, str], Any] = {}
+        for run_id, name, value in execute(
+            "SELECT run_id, name, value FROM artifacts WHERE name IN (?, ?)", [TAGS, NOTE]
+        ).fetchall():
+            try:
+                notes[run_id, name] = json.loads(value)
+            except (TypeError, ValueError):
+                pass  # unreadable: shown as none
         last = {
             run_id: (value, step)
             for run_id, value, step in execute(
@@ -355,6 +374,9 @@ class RunLister:
                     paper=paper_number(paper, r.get("method")),
                     teacher_acc=r.get("teacher_acc"),
                     error=(r.get("error") or "").splitlines()[0] if r.get("error") else "",
+                    tags=tuple(str(t) for t in notes.get((r["id"], TAGS)) or ()),
+                    note=str(notes.get((r["id"], NOTE)) or ""),
+                    config=r.get("config") or "",
                 )
             )
         return rows
@@ -430,10 +452,28 @@ def sort_rows(rows: list[RunRow], key: str, reverse: bool) -> list[RunRow]:
 
 
 def filter_rows(rows: list[RunRow], text: str) -> list[RunRow]:
-    words = text.lower().split()
-    if not words:
-        return rows
-    return [r for r in rows if all(w in r.search_text() for w in words)]
+    """The runs every word of a filter matches. A `key=value` word is a filter of `rrdtui ls
+    --filter` (rrdtui.runfilter: `tau_s=0.07`, `method=rrd`, `tag=best`, `status=running`); any other
+    word, in any case, a piece of the run's id, name, preset, method, architectures, data, status,
+    tags or note."""
+    pairs, words = [], []
+    for word in text.split():
+        key, eq, _ = word.partition("=")
+        if eq and key:
+            pairs.append(word)
+        else:
+            words.append(word.lower())
+    if not pairs:
+        return [r for r in rows if all(w in r.search_text() for w in words)] if words else rows
+    filters = parse_filters(pairs)  # never raises: every pair has a key
+
+    def passes(row: RunRow) -> bool:
+        try:
+            return matches({"id": row.id, "name": row.name, "status": row.status, "config": row.config}, filters, list(row.tags))
+        except ValueError:  # a configuration that is not JSON: no value to match
+            return False
+
+    return [r for r in rows if all(w in r.search_text() for w in words) and passes(r)]
 
 
 # ---------------------------------------------------------------------------------------------
