@@ -1,10 +1,13 @@
-"""What is checked before any run row is written: each planned run's data, a teacher checkpoint, and
-whether a method that reads stage maps can pair the student with the teacher.
+"""What is checked before any run row is written: each planned run's device, data, a teacher
+checkpoint, and whether a method that reads stage maps can pair the student with the teacher.
 
-A missing data set or a teacher file that cannot serve (unreadable, unsafe, another architecture,
-another class count) is one line in the terminal or the launch form now, instead of a run that
-fails in its trainer minutes later. No torch here: the teacher file is read by a short process,
-`python -m rrdtui.train.teacher`, with the very code training loads it with.
+A CUDA device the machine lacks, a missing data set or a teacher file that cannot serve (unreadable,
+unsafe, another architecture, another class count) is one line in the terminal or the launch form
+now, instead of a run that fails in its trainer minutes later. No torch here: what needs torch runs
+as a short process (`python -m rrdtui.train.devicecheck`, `rrdtui.train.teacher`,
+`rrdtui.train.pairing`) with the very code training uses.
+
+`check_launch` is the whole check of a launch, for `rrdtui run` and the dashboard's launch form alike.
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ def _run_check(cmd: list[str], what: str, stdin: str | None = None) -> None:
     raise ConfigError(f"the check of {what} failed: {last}")
 
 
+def check_device(device: str) -> None:
+    """Raise ConfigError (one line) when this machine cannot train on train.device `device`.
+    `auto` and `cpu` always can; the others need torch to tell, so a process answers."""
+    if device in ("auto", "cpu"):
+        return
+    _run_check([sys.executable, "-m", "rrdtui.train.devicecheck", device], f"train.device {device}")
+
+
 def check_teacher_checkpoint(cfg: Config) -> None:
     """Raise ConfigError (one line) when cfg's teacher.checkpoint would not load for its data set."""
     num_classes, channels = data_shape(cfg)
@@ -60,6 +71,8 @@ def check_method_pairing(cfg: Config) -> None:
 
 def preflight(plan) -> None:
     """Check every run of a launcher Plan before it is created; raise ConfigError with one line."""
+    for device in dict.fromkeys(planned.config.train.device for planned in plan.runs):
+        check_device(device)
     for planned in plan.runs:
         check_data(planned.config)
     for planned in plan.runs:
@@ -69,3 +82,13 @@ def preflight(plan) -> None:
         # Methods that read stage maps size their connectors from both networks: some pairs cannot be.
         if cfg.distills and {"maps", "preact"} & set(method_info(cfg.method.name).features):
             check_method_pairing(cfg)
+
+
+def check_launch(cfg: Config, preset: str, store):
+    """Plan the runs a launch of `cfg` (loaded from `preset`) creates, teachers first, and check them
+    all; return the launcher Plan, or raise ConfigError with one line. Writes nothing."""
+    from rrdtui.launcher import plan_runs
+
+    plan = plan_runs(cfg, preset, store)
+    preflight(plan)
+    return plan

@@ -11,16 +11,17 @@ published accuracy of the student's teacher. Each part opens with a header line.
 
 from __future__ import annotations
 
-import shutil
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rrdtui.columns import Col, fit, terminal_columns
 from rrdtui.config import ConfigError, read_yaml
 from rrdtui.reference import pairs
 from rrdtui.registry import paper_key
 
-WIDTH = 100  # the narrowest terminal the list is laid out for; wider ones show more description
+WIDTH = 80  # a line laid out alone (describe()): the width the list is designed for
 
 
 @dataclass
@@ -42,19 +43,58 @@ class Entry:
 PACKAGED_PRESETS = Path(__file__).resolve().parent / "presets_data"
 # In a source checkout (an editable install), the repository's presets/ beside the package.
 SOURCE_PRESETS = Path(__file__).resolve().parent.parent / "presets"
+# A folder of one's own presets, looked in after ./presets.
+PRESETS_ENV = "RRDTUI_PRESETS"
 
 
-def presets_dir() -> Path:
-    """Where the presets are: ./presets when the current folder has one, else the ones installed
-    with rrdtui (or, run from a source checkout, the checkout's); ./presets when there are none."""
-    local = Path("presets")
-    if local.is_dir():
-        return local
+def _installed_presets() -> Path | None:
+    """The presets installed with rrdtui, or, run from a source checkout, the checkout's."""
     checkout = (SOURCE_PRESETS.parent / "pyproject.toml").is_file()
     for folder in (PACKAGED_PRESETS, SOURCE_PRESETS if checkout else None):
         if folder is not None and folder.is_dir() and any(folder.glob("*.yaml")):
             return folder
-    return local
+    return None
+
+
+def preset_folders() -> list[Path]:
+    """Where presets are found, in order: ./presets, then $RRDTUI_PRESETS, then the installed ones.
+    Folders that do not exist are left out, and one reached twice counts once."""
+    env = os.environ.get(PRESETS_ENV)
+    folders: list[Path] = []
+    for folder in (Path("presets"), Path(env).expanduser() if env else None, _installed_presets()):
+        if folder is not None and folder.is_dir() and all(folder.resolve() != f.resolve() for f in folders):
+            folders.append(folder)
+    return folders
+
+
+def presets_dir() -> Path:
+    """The one folder the dashboard lists and saves presets in: the first of preset_folders(),
+    ./presets when there are none."""
+    folders = preset_folders()
+    return folders[0] if folders else Path("presets")
+
+
+def resolve_preset(ref: str | os.PathLike[str]) -> Path:
+    """A preset given by path, or by name (`demo`, `demo.yaml`) from preset_folders().
+
+    `rrdtui run`, `bench` and everything else taking a preset go through here. A name that is not
+    found raises ConfigError in one line naming the folders looked in.
+    """
+    path = Path(ref).expanduser()
+    if path.exists() or "/" in str(ref) or os.sep in str(ref):
+        return path  # a path: read_yaml says what is wrong with it, if anything
+    stem = path.stem if path.suffix in (".yaml", ".yml") else path.name
+    folders = preset_folders()
+    for folder in folders:
+        for candidate in (folder / f"{stem}.yaml", folder / f"{stem}.yml"):
+            if candidate.is_file():
+                return candidate
+    for folder in folders:  # a preset whose `name:` differs from its file's
+        for candidate in preset_files(folder):
+            if entry(candidate).name == stem:
+                return candidate
+    looked = ", ".join(f"{f}/" for f in folders) or "./presets or $RRDTUI_PRESETS (neither exists)"
+    raise ConfigError(f"{ref}: preset file not found: no such file, nor preset '{stem}' in {looked} (see `rrdtui presets`)")
 
 
 def preset_files(folder: Path) -> list[Path]:
@@ -140,62 +180,71 @@ def entry(path: Path) -> Entry:
 def describe(path: Path) -> str:
     """One line for one preset (column widths of its own)."""
     e = entry(path)
-    return (_paper_lines([e]) if e.group >= 0 else _other_lines([e], WIDTH))[1]
+    return (_paper_lines([e], WIDTH) if e.group >= 0 else _other_lines([e], WIDTH))[1]
+
+
+# Presets outside the paper's tables: name, method, pair, data and the description. When narrow,
+# the description is cut (to 20 at the least), then the data set, the pair and the method go;
+# names are what `rrdtui run NAME` takes, so they are never cut.
+OTHER_COLUMNS = [
+    Col("preset", "name"),
+    Col("method", "method", order=6),
+    Col("teacher -> student", "pair", order=7),
+    Col("data", "data", order=8),
+    Col("description", "about", order=9, cut=20, keep=True, words=True),
+]
+# The paper's presets: the method goes first (the paper column names it), then the pair.
+PAPER_COLUMNS = [
+    Col("CIFAR-100, as in the paper", "name"),
+    Col("method", "method", order=9),
+    Col("teacher -> student", "pair", order=8),
+    Col("paper top-1", "paper"),
+    Col("teacher", "teacher", right=True),
+]
 
 
 def _other_lines(entries: list[Entry], width: int) -> list[str]:
-    """Presets outside the paper's tables: name, method, pair, data and the description."""
-    name_w = min(32, max([len("preset")] + [len(e.name) for e in entries]))
-    pair_w = min(28, max([len("teacher -> student")] + [len(e.pair) for e in entries]))
-    data_w = min(13, max([len("data")] + [len(e.data) for e in entries]))
-    lines = [f"{'preset':<{name_w}s} {'method':<7s} {'teacher -> student':<{pair_w}s} {'data':<{data_w}s} description"]
+    """Presets outside the paper's tables, a header line first."""
+    rows = []
     for e in entries:
-        if e.error:
-            lines.append(_cut(f"{e.name:<{name_w}s} (unreadable: {e.error})", width))
-            continue
-        about = e.description
+        about = f"(unreadable: {e.error})" if e.error else e.description
         if e.paper:
             about = f"paper {e.paper}" + (f"; {about}" if about else "")
-        lines.append(_cut(
-            f"{e.name:<{name_w}s} {e.method:<7s} {e.pair[:pair_w]:<{pair_w}s} {e.data[:data_w]:<{data_w}s} {about}",
-            width,
-        ))
-    return lines
+        rows.append({"name": e.name, "method": e.method, "pair": e.pair, "data": e.data, "about": about})
+    return fit(OTHER_COLUMNS, rows, width)
 
 
-def _paper_lines(entries: list[Entry]) -> list[str]:
+def _paper_lines(entries: list[Entry], width: int) -> list[str]:
     """The paper's CIFAR-100 presets: each teacher, then its students indented under it."""
-    names = [("  " if e.order else "") + e.name for e in entries]
-    title = "CIFAR-100, as in the paper"
-    name_w = max([len(title)] + [len(n) for n in names])
-    pair_w = max([len("teacher -> student")] + [len(e.pair) for e in entries])
-    paper_w = max([len("paper top-1")] + [len(e.paper) for e in entries])
-    lines = [f"{title:<{name_w}s} {'method':<7s} {'teacher -> student':<{pair_w}s} {'paper top-1':<{paper_w}s} teacher"]
-    for name, e in zip(names, entries):
-        lines.append(
-            f"{name:<{name_w}s} {e.method:<7s} {e.pair:<{pair_w}s} {e.paper:<{paper_w}s} {e.teacher_acc:>7s}".rstrip()
-        )
-    return lines
+    rows = [
+        {"name": ("  " if e.order else "") + e.name, "method": e.method, "pair": e.pair, "paper": e.paper,
+         "teacher": e.teacher_acc}
+        for e in entries
+    ]  # fmt: skip
+    return fit(PAPER_COLUMNS, rows, width)
 
 
-def _cut(line: str, width: int) -> str:
-    line = line.rstrip()
-    return line if len(line) <= width else line[: width - 3].rstrip() + "..."
-
-
-def describe_presets(folder: Path) -> list[str]:
+def describe_presets(folders: Path | list[Path]) -> list[str]:
     """Other presets by name, then the paper's CIFAR-100 presets grouped by teacher in the paper's
-    order; each part opens with a header line and a blank line separates them."""
-    files = preset_files(folder)
+    order; each part opens with a header line and a blank line separates them.
+
+    From several folders (preset_folders()), a name is listed once: from the first folder that
+    has it, the one `rrdtui run NAME` takes."""
+    folders = [folders] if isinstance(folders, Path) else list(folders)
+    files: dict[str, Path] = {}
+    for folder in folders:
+        for path in preset_files(folder):
+            files.setdefault(path.stem, path)
     if not files:
-        raise ConfigError(f"no presets in {folder}/ (run from the project folder, or pass --dir)")
-    entries = [entry(p) for p in files]
+        where = ", ".join(f"{f}/" for f in folders) or "./presets or $RRDTUI_PRESETS"
+        raise ConfigError(f"no presets in {where} (run from the project folder, or pass --dir)")
+    entries = [entry(p) for p in files.values()]
     others = sorted((e for e in entries if e.group < 0), key=lambda e: e.name)
     paper = sorted((e for e in entries if e.group >= 0), key=lambda e: (e.group, e.order, e.name))
-    width = max(WIDTH, shutil.get_terminal_size((WIDTH, 24)).columns)
+    width = terminal_columns()
     lines: list[str] = []
     if others:
         lines += _other_lines(others, width)
     if paper:
-        lines += ([""] if lines else []) + _paper_lines(paper)
+        lines += ([""] if lines else []) + _paper_lines(paper, width)
     return lines

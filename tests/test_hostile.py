@@ -530,7 +530,8 @@ def teacher_files(tmp_path_factory) -> dict[str, Path]:
 
 def student_preset(folder: Path, teacher: Path) -> Path:
     return write_preset(folder, "student", data=TINY_DATA, teacher={"checkpoint": str(teacher), "arch": "resnet8"},
-                        student={"arch": "resnet8"}, method={"name": "kd"}, train=TINY_TRAIN)  # fmt: skip
+                        student={"arch": "resnet8"}, method={"name": "kd"}, optim={"milestones": [1]},
+                        train=TINY_TRAIN)  # fmt: skip
 
 
 def test_cli_run_refuses_a_teacher_of_other_classes_before_writing_a_row(tmp_path, teacher_files):

@@ -11,10 +11,10 @@ from conftest import TINY_DATA, TINY_TRAIN, write_preset
 
 
 def test_an_impossible_pairing_is_one_line_and_no_run_row(tmp_path):
-    write_preset(tmp_path, "vgg_teacher", data=TINY_DATA, student={"arch": "vgg8"}, method={"name": "none"}, train=TINY_TRAIN)
+    write_preset(tmp_path, "vgg_teacher", data=TINY_DATA, student={"arch": "vgg8"}, method={"name": "none"}, optim={"milestones": [1]}, train=TINY_TRAIN)
     student = write_preset(
         tmp_path, "fsp_student", data=TINY_DATA, teacher={"preset": "vgg_teacher.yaml"},
-        student={"arch": "resnet8"}, method={"name": "fsp"}, train=TINY_TRAIN,
+        student={"arch": "resnet8"}, method={"name": "fsp"}, optim={"milestones": [1]}, train=TINY_TRAIN,
     )  # fmt: skip
     runs = tmp_path / "runs"
     result = subprocess.run(

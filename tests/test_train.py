@@ -58,14 +58,14 @@ def test_published_teacher_gives_the_same_logits_and_preflight_accuracy(tmp_path
     model.load_state_dict(torch.load(teacher_file, weights_only=True)["model"])
     model.eval()
     cfg = config("kd", teacher={"checkpoint": teacher_file, "arch": "resnet14"}, method={"name": "kd"},
-                 train={**TRAIN, "epochs": 1})
+                 optim={"lr": 0.05, "milestones": [1]}, train={**TRAIN, "epochs": 1})
     store, run_id, _ = run(tmp_path, cfg, teacher_path=teacher_file)
     assert store.get_run(run_id)["teacher_acc"] == pytest.approx(store.latest(run_id)["teacher/val_acc"])
 
 
 def test_wrong_teacher_expected_accuracy_warns(tmp_path, teacher_file):
     cfg = config("kd", teacher={"checkpoint": teacher_file, "arch": "resnet14", "expected_acc": 101.0},
-                 method={"name": "kd"}, train={**TRAIN, "epochs": 1})
+                 method={"name": "kd"}, optim={"lr": 0.05, "milestones": [1]}, train={**TRAIN, "epochs": 1})
     store, run_id, _ = run(tmp_path, cfg, teacher_path=teacher_file)
     warnings = [e["message"] for e in store.events(run_id) if e["level"] == "warning"]
     assert warnings and "TEACHER CHECK" in warnings[0]

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from rich.console import Console
-from textual.widgets import DataTable, Input, Log, OptionList, Select, TabbedContent
+from rich.text import Text
+from textual.widgets import DataTable, Input, OptionList, Select, TabbedContent
 from textual.worker import WorkerState
 
 from rrdtui import launcher
@@ -26,7 +28,8 @@ from rrdtui.tui.screens.help import HelpScreen
 from rrdtui.tui.screens.launch import LaunchScreen
 from rrdtui.tui.screens.runs import RunsScreen
 from rrdtui.tui.widgets.curves import CurvePlot
-from tests.tui_fixtures import FIXED_NOW, make_store, release_run, wait_for, write_presets
+from rrdtui.tui.widgets.wraplog import WrapLog
+from tests.tui_fixtures import FIXED_NOW, PRESETS, make_store, release_run, wait_for, widget_lines, write_presets
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (80, 24)
@@ -127,8 +130,11 @@ def test_import_leaves_torch_unimported():
 # ---------------------------------------------------------------------------------------------
 
 
-async def test_runs_table_shows_the_store(app):
-    async with app.run_test(size=SIZE) as pilot:
+async def test_runs_table_shows_the_store(app, runs_dir):
+    store = Store(runs_dir)
+    store.put_artifact("b0000002", "tags", ["baseline", "kd"])
+    store.close()
+    async with app.run_test(size=(140, 40)) as pilot:  # wide enough for every column, tags included
         screen = await runs_ready(pilot)
         table = screen.query_one(DataTable)
         assert table.row_count == 7
@@ -144,8 +150,44 @@ async def test_runs_table_shows_the_store(app):
         assert cell(screen, "f0000006", "status") == "diverged"
         assert cell(screen, "c0000003", "pair") == "r32x4→r8x4"
         assert cell(screen, "c0000003", "started") == "06-13 15:07"
+        assert cell(screen, "b0000002", "name") == "kd_r32x4_r8x4 baseline kd"  # its tags after its name
         # newest first
         assert screen._order[0] == "0a000007"
+
+
+async def test_80_columns_show_whole_columns_and_every_temperature(app):
+    """At 80x24 the columns that fit are drawn whole: runs that differ only in their temperatures
+    show them in full, and no cell is wider than its column (nothing to scroll to)."""
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await runs_ready(pilot)
+        table = screen.query_one(DataTable)
+        lines = widget_lines(table)
+        assert "τs/τt" in lines[0] and "status" in lines[0] and "best" in lines[0]
+        for run_id, tau in (("0a000007", "0.05/0.1"), ("e0000005", "0.1/0.02"), ("c0000003", "0.04/0.1")):
+            assert tau in next(line for line in lines if run_id in line)
+        for key, column in table.columns.items():
+            assert all(cell.cell_len <= column.width for cell in table.get_column(key)), key
+        assert sum(c.get_render_width(table) for c in table.columns.values()) <= 80
+
+
+async def test_the_first_frame_of_runs_is_already_laid_out(app, monkeypatch):
+    """The first frame that shows runs has each column as wide as its cells: it is the frame the
+    table keeps, not one with every column cut to its header."""
+    first: list[str] = []
+    original = DataTable.render_lines
+
+    def spy(self, crop):
+        lines = original(self, crop)
+        if self.id == "runs-table" and self.row_count and not first:
+            first.extend(strip.text for strip in lines)
+        return lines
+
+    monkeypatch.setattr(DataTable, "render_lines", spy)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await runs_ready(pilot)
+        await wait_for(pilot, lambda: screen.drawn and first)
+        assert "0.1/0.02" in "".join(first)
+        assert first == widget_lines(screen.query_one(DataTable))
 
 
 async def test_running_run_becomes_crashed_while_open(app, runs_dir):
@@ -252,6 +294,33 @@ async def test_filter_sort_group(app):
         assert table.row_count == 7
 
 
+async def test_filter_matches_configuration_values_and_tags(app, runs_dir):
+    store = Store(runs_dir)
+    store.put_artifact("b0000002", "tags", ["baseline"])
+    store.close()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await runs_ready(pilot)
+
+        async def shown_for(text: str) -> set[str]:
+            box = screen.query_one("#filter", Input)
+            if not box.has_focus:
+                await press_until(pilot, "slash", lambda: box.has_focus)
+            box.value = ""
+            await pilot.press(*text)
+            await wait_for(pilot, lambda: screen.filter_text == text, f"the filter {text!r}")
+            return set(screen._order)
+
+        assert await shown_for("tau_s=0.05") == {"0a000007"}
+        assert await shown_for("tau_t=0.02") == {"e0000005"}
+        assert await shown_for("method=rrd") == {"c0000003", "e0000005", "0a000007"}  # not rrd+kd
+        assert await shown_for("rrd") == {"c0000003", "d0000004", "e0000005", "0a000007"}
+        assert await shown_for("rrd tau_s=0.04") == {"c0000003", "d0000004"}
+        assert await shown_for("status=crashed") == {"e0000005"}
+        assert await shown_for("baseline") == {"b0000002"}
+        assert await shown_for("tag=baseline") == {"b0000002"}
+        assert await shown_for("tau_s=0.3") == set()
+
+
 async def test_a_long_list_fills_in_two_parts(tmp_path, presets_dir):
     from rrdtui.tui.bench import build_store
 
@@ -269,6 +338,21 @@ async def test_a_long_list_fills_in_two_parts(tmp_path, presets_dir):
         assert screen.query_one(DataTable).row_count == 300
 
 
+async def test_home_and_end_move_the_cursor_and_enter_opens_that_run(app):
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await runs_ready(pilot)
+        table = screen.query_one(DataTable)
+        table.move_cursor(row=3)
+        await press_until(pilot, "home", lambda: table.cursor_row == 0, "the cursor on the first run")
+        assert screen.cursor_run().id == screen._order[0]
+        await press_until(pilot, "end", lambda: table.cursor_row == table.row_count - 1, "the cursor on the last")
+        assert screen.cursor_run().id == screen._order[-1]
+        await press_until(pilot, "home", lambda: table.cursor_row == 0)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.loaded)
+        assert app.screen.run_id == screen._order[0]
+
+
 async def test_empty_store_says_how_to_start(tmp_path, presets_dir):
     app = RRDApp(tmp_path / "empty", presets_dir, clock=lambda: FIXED_NOW)
     async with app.run_test(size=SIZE) as pilot:
@@ -282,6 +366,51 @@ async def test_quit(app):
         await runs_ready(pilot)
         await press_until(pilot, "q", lambda: app.return_code is not None)
     assert app.return_code == 0
+
+
+async def test_tags_and_note_from_the_run_list_and_the_detail(app, runs_dir):
+    """t on a run edits its tags and note: stored as the CLI stores them (artifacts "tags", sorted, and
+    "note"), shown after its name in the list and in its detail, found by the filter."""
+    from rrdtui.runfilter import run_note, run_tags
+    from rrdtui.tui.screens.notes import NotesScreen
+
+    def stored() -> tuple[list[str], str | None]:
+        store = Store(runs_dir)
+        try:
+            return run_tags(store, "c0000003"), run_note(store, "c0000003")
+        finally:
+            store.close()
+
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await runs_ready(pilot)
+        table = screen.query_one(DataTable)
+        table.move_cursor(row=table.get_row_index("c0000003"))
+        await press_until(pilot, "t", lambda: shown(app, NotesScreen))
+        await pilot.press(*"published best", "tab", *"lr too high?", "enter")
+        await wait_for(pilot, lambda: stored() == (["best", "published"], "lr too high?"), "the tags stored")
+        # at 80 columns name and tags share what the name column has, each shortened
+        await wait_for(pilot, lambda: " best" in cell(screen, "c0000003", "name"), "the tags in the list")
+        name, tags = cell(screen, "c0000003", "name").split(" ", 1)
+        assert name.startswith("rrd_r") and name.endswith("…") and tags.startswith("best pu")
+        assert "lr too high?" in text_of(screen.query_one("#runs-status"))  # the highlighted run's note
+        await pilot.press("slash", *"tag=best")
+        await wait_for(pilot, lambda: screen._order == ["c0000003"], "the tag filtered")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: table.has_focus)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.loaded)
+        detail = app.screen
+        head = text_of(detail.query_one("#detail-head"))
+        assert "best published" in head and "note: lr too high?" in head
+        # remove one tag and the note, from the detail
+        await press_until(pilot, "t", lambda: shown(app, NotesScreen))
+        tags_box = app.screen.query_one("#notes-tags", Input)
+        assert tags_box.value == "best published" and tags_box.has_focus
+        tags_box.value = "best"
+        app.screen.query_one("#notes-note", Input).value = ""
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: stored() == (["best"], None), "one tag left, no note")
+        await wait_for(pilot, lambda: "note:" not in text_of(detail.query_one("#detail-head")), "the note gone")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,8 +447,8 @@ async def test_detail_plots_config_log_and_incremental_reads(app, runs_dir, monk
         info = text_of(screen.query_one("#info-text"))
         assert "tau_s: 0.04" in info and "launched rrd_r32x4_r8x4" in info
         await show_tab(pilot, "7", "log")
-        await wait_for(pilot, lambda: screen.query_one(Log).line_count >= 31)
-        assert "epoch  30/30" in screen.query_one(Log).lines[-1]
+        await wait_for(pilot, lambda: len(screen.query_one(WrapLog).raw) >= 31)
+        assert "epoch  30/30" in screen.query_one(WrapLog).raw[-1]
         await press_until(pilot, "s", lambda: screen.smoothing)
         assert all(p.smoothing for p in screen.query(CurvePlot))
 
@@ -335,7 +464,7 @@ async def test_detail_plots_config_log_and_incremental_reads(app, runs_dir, monk
         val_reads = [c for c in calls if c[1] == "val/acc"]
         assert val_reads and all(after == 3000 for _, _, after in val_reads)
         assert not [c for c in calls if c[1] == "train/loss"]  # unchanged series are not read at all
-        await wait_for(pilot, lambda: "extra line" in screen.query_one(Log).lines[-1])
+        await wait_for(pilot, lambda: "extra line" in screen.query_one(WrapLog).raw[-1])
         await pilot.press("escape")
         await runs_ready(pilot)
 
@@ -345,11 +474,48 @@ async def test_detail_shows_a_crashed_runs_error(app):
         screen = await open_detail(pilot, "e0000005")
         head = text_of(screen.query_one("#detail-head"))
         assert "crashed" in head and "trainer process is gone" in head
-        assert screen.check_action("stop", ()) is None
-        assert screen.check_action("resume", ()) is True
+        assert screen.refusal("stop") == "run e0000005 is crashed: nothing to stop"
+        assert screen.refusal("resume") is None
 
 
-async def test_detail_stop_with_confirmation(app, runs_dir):
+async def test_detail_wraps_long_errors_and_log_lines_at_80_columns(app, runs_dir):
+    """A long error in the head and a long log line are wrapped whole at 80 columns, never cut."""
+    error = "RuntimeError: " + " ".join(f"word{i}" for i in range(40)) + " THE-END"
+    line = "Traceback line " + "/very/long/path" * 12 + " LOG-END"
+    store = Store(runs_dir)
+    store.update_run("e0000005", error=error)
+    store.close()
+    with open(runs_dir / "e0000005" / "train.log", "a") as fh:
+        fh.write(line + "\n")
+
+    def squeezed(lines: list[str]) -> str:
+        return "".join(lines).replace(" ", "").replace("▁", "").replace("▎", "").replace("▊", "")
+
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_detail(pilot, "e0000005")
+        head = screen.query_one("#detail-head")
+        await wait_for(pilot, lambda: "THE-END" in "".join(widget_lines(head)), "the error's end in the head")
+        assert error.replace(" ", "") in squeezed(widget_lines(head))
+        await show_tab(pilot, "7", "log")
+        log = screen.query_one(WrapLog)
+        await wait_for(pilot, lambda: "LOG-END" in "".join(widget_lines(log)), "the log line's end on screen")
+        assert line.replace(" ", "") in squeezed(widget_lines(log))
+
+
+async def test_detail_keys_that_cannot_apply_say_why(app, monkeypatch):
+    """x and r on a completed run do nothing to it, and say so (no key is silently dead)."""
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_detail(pilot, "c0000003")
+        notes = record_notes(monkeypatch, screen)
+        await press_until(pilot, "x", lambda: len(notes) == 1, "the answer to x")
+        await press_until(pilot, "r", lambda: len(notes) == 2, "the answer to r")
+        assert notes == ["run c0000003 is completed: nothing to stop", "run c0000003 is completed: nothing to resume"]
+        assert app.screen is screen  # no confirmation was asked
+        await press_until(pilot, "d", lambda: shown(app, ConfirmScreen))  # a completed run can be removed
+        await press_until(pilot, "n", lambda: app.screen is screen)
+
+
+async def test_detail_stop_with_confirmation(app, runs_dir, monkeypatch):
     # A stand-in trainer that lives until a signal comes (no clock: it cannot end on its own).
     sleeper = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     try:
@@ -358,8 +524,9 @@ async def test_detail_stop_with_confirmation(app, runs_dir):
         store.close()
         async with app.run_test(size=SIZE) as pilot:
             screen = await open_detail(pilot, "d0000004")
-            assert screen.check_action("stop", ()) is True
-            assert screen.check_action("remove", ()) is None
+            notes = record_notes(monkeypatch, screen)
+            await press_until(pilot, "d", lambda: notes, "the refusal")  # no confirmation: it is running
+            assert notes == ["run d0000004 is running: stop it first (x)"] and app.screen is screen
             await press_until(pilot, "x", lambda: shown(app, ConfirmScreen))
             await press_until(pilot, "n", lambda: app.screen is screen)  # cancelled: nothing happens
             assert sleeper.poll() is None
@@ -485,6 +652,85 @@ async def test_launch_invalid_tau_s_shows_the_cli_message(app, presets_dir, monk
         assert cli.returncode == 2 and cli.stderr.strip() == f"rrdtui: error: {exc.value}"
 
 
+def write_preset_without_data(presets_dir: Path, nowhere: Path) -> Path:
+    """A valid preset whose data set is not there (and cannot be downloaded): only the checks of a
+    launch find that out."""
+    raw = {**PRESETS["demo_teacher.yaml"], "name": "no_data", "data": {"name": "tiny_imagenet", "root": str(nowhere)}}
+    path = presets_dir / "no_data.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+async def pick_preset(pilot, screen: LaunchScreen, path: Path) -> None:
+    screen.query_one("#presets", OptionList).highlighted = screen.presets.index(path)
+    await wait_for(pilot, lambda: screen.preset == path, f"{path.name} picked")
+
+
+async def test_launch_form_makes_the_checks_of_a_launch(app, runs_dir, presets_dir, tmp_path, monkeypatch):
+    """A preset whose data is missing is not "valid": the form says what `rrdtui run` would say
+    before writing a run row, and refuses to launch."""
+    from rrdtui.preflight import check_launch
+
+    path = write_preset_without_data(presets_dir, tmp_path / "nowhere")
+    with pytest.raises(ConfigError) as exc:
+        check_launch(load_preset(path), str(path), Store(runs_dir))
+    launched = []
+    monkeypatch.setattr(launcher, "launch", lambda *a, **k: launched.append(a) or ["x"])
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_launch(pilot)
+        notes = record_notes(monkeypatch, screen)
+        await pick_preset(pilot, screen, path)
+        await wait_for(pilot, lambda: not screen.checking and screen.check_error is not None, "the checks' answer")
+        assert screen.error is None and screen.cfg is not None  # the configuration itself is fine
+        assert screen.check_error == str(exc.value)
+        verdict = " ".join(text_of(screen.query_one("#verdict")).split())
+        assert str(exc.value) in verdict and "✓" not in verdict
+        assert screen.query_one("#launch").disabled
+        await press_until(pilot, "ctrl+l", lambda: notes, "the refusal")
+        assert notes == [str(exc.value)] and launched == []
+        await pick_preset(pilot, screen, presets_dir / "demo_rrd.yaml")  # synthetic data: passes
+        await wait_for(pilot, lambda: not screen.checking and screen.check_error is None, "the checks' answer")
+        assert "✓ valid" in text_of(screen.query_one("#verdict"))
+
+
+async def test_launch_checks_run_in_a_thread_one_at_a_time(app, monkeypatch):
+    """While the checks run (a process, for seconds) the form shows "checking…" and keeps taking keys;
+    edits made meanwhile are checked once it answers, by one check, never two at once."""
+    import rrdtui.preflight
+
+    original = rrdtui.preflight.check_launch
+    lock = threading.Lock()
+    calls, in_flight, max_in_flight = [], 0, 0
+    release = threading.Event()
+
+    def held(cfg, preset, store):
+        nonlocal in_flight, max_in_flight
+        with lock:
+            calls.append(cfg.method.tau_s)
+            in_flight += 1
+            max_in_flight = max(max_in_flight, in_flight)
+        try:
+            release.wait()
+            return original(cfg, preset, store)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    monkeypatch.setattr(rrdtui.preflight, "check_launch", held)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_launch(pilot)
+        await wait_for(pilot, lambda: len(calls) == 1, "the first check under way")
+        assert screen.checking and "checking…" in text_of(screen.query_one("#verdict"))
+        await type_into(pilot, screen, "f-method-tau_s", "0.07")  # the UI answers while it checks
+        await wait_for(pilot, lambda: screen.cfg is not None and screen.cfg.method.tau_s == 0.07)
+        assert "checking…" in text_of(screen.query_one("#verdict")) and len(calls) == 1
+        release.set()
+        await wait_for(pilot, lambda: not screen.checking, "the answer for the newest inputs")
+        assert calls == [0.04, 0.07] and max_in_flight == 1
+        verdict = text_of(screen.query_one("#verdict"))
+        assert "✓ valid" in verdict and "--set method.tau_s=0.07" in verdict
+
+
 async def test_launch_method_change_and_weights(app):
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_launch(pilot)
@@ -511,6 +757,20 @@ async def test_launch_save_as_preset(app, presets_dir, monkeypatch):
         await press_until(pilot, "ctrl+s", lambda: len(notes) == 2, "the refusal")  # exists: refused, not overwritten
         assert notes[1] == f"{saved} exists: pick another name"
         assert load_preset(saved).method.tau_t == 0.2
+
+
+async def test_launch_lists_long_preset_names_on_one_line(app, presets_dir):
+    """At 120 columns the preset list is as wide as its longest name: each on one line, whole."""
+    long_name = "cifar100_resnet32x4-resnet8x4"
+    (presets_dir / f"{long_name}.yaml").write_text((presets_dir / "demo_rrd.yaml").read_text())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await runs_ready(pilot)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: shown(app, LaunchScreen) and app.screen.preset is not None)
+        options = app.screen.query_one("#presets", OptionList)
+        await wait_for(pilot, lambda: any(long_name in line for line in widget_lines(options)), "the whole name")
+        names = [line.strip(" ▊▎▔▁") for line in widget_lines(options)]
+        assert [n for n in names if n] == [long_name, "demo_rrd", "demo_teacher"]
 
 
 async def test_launch_with_no_presets(tmp_path, runs_dir):
@@ -644,3 +904,13 @@ def test_run_app_is_the_entry_point():
 
     assert callable(run_app)
     assert os.path.exists(ROOT / "rrdtui" / "tui" / "app.tcss")
+
+
+def test_the_start_up_benchmark_runs_beside_a_bare_textual_app(tmp_path, capsys):
+    """`python -m rrdtui.tui.bench --start-only`: the dashboard's cold start beside a bare Textual
+    table's (a smoke test of the harness; the figures are in BENCHMARKS.md)."""
+    from rrdtui.tui.bench import main
+
+    main(["--runs", "120", "--rows", "3000", "--repeats", "1", "--start-only"])
+    out = capsys.readouterr().out
+    assert "bare Textual table of 100 rows drawn" in out and "x the bare app" in out

@@ -76,7 +76,8 @@ def open_compare(tab: str):
 async def open_launch(pilot) -> None:
     await runs_loaded(pilot)
     await pilot.press("n")
-    await wait_for(pilot, lambda: isinstance(pilot.app.screen, LaunchScreen) and pilot.app.screen.plan != "")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, LaunchScreen) and pilot.app.screen.plan != ""
+                   and not pilot.app.screen.checking)  # fmt: skip
     await pilot.pause()
 
 

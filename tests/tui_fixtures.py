@@ -205,6 +205,14 @@ def make_store(runs_dir: Path, *, now: float = FIXED_NOW, with_logs: bool = True
 MAX_PAUSES = 6000
 
 
+def widget_lines(widget) -> list[str]:
+    """The lines a widget draws now, as plain text: what the terminal would show of it."""
+    from textual.geometry import Region
+
+    width, height = widget.size
+    return [strip.text for strip in widget.render_lines(Region(0, 0, width, height))]
+
+
 async def wait_for(pilot, condition: Callable[[], object], what: str = "the app") -> None:
     """Yield to the app (`pilot.pause()`) until `condition()` is true."""
     for _ in range(MAX_PAUSES):
@@ -223,6 +231,7 @@ PRESETS = {
         "data": {"name": "synthetic", "num_classes": 10, "train_size": 2000, "val_size": 500},
         "student": {"arch": "resnet8"},
         "method": {"name": "none"},
+        "optim": {"milestones": [1]},
         "train": {"epochs": 2, "batch_size": 64},
     },
     "demo_rrd.yaml": {
@@ -233,7 +242,7 @@ PRESETS = {
         "teacher": {"preset": "demo_teacher.yaml"},
         "student": {"arch": "resnet8"},
         "method": {"name": "rrd", "tau_s": 0.04, "tau_t": 0.1, "queue_size": 1024},
-        "optim": {"lr": 0.05},
+        "optim": {"lr": 0.05, "milestones": [2]},
         "train": {"epochs": 3, "batch_size": 64},
     },
 }

@@ -8,15 +8,28 @@ This module and everything it imports stays free of torch.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
+from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 
+from rrdtui.tui.model import RunLister, RunRow
 from rrdtui.tui.screens.help import HelpScreen
-from rrdtui.tui.screens.runs import RunsScreen
+from rrdtui.tui.screens.runs import FIRST_CHUNK, RunsScreen
+
+
+class NotesSaved(Message):
+    def __init__(self, run_id: str, tags: list[str], note: str, error: str | None):
+        super().__init__()
+        self.run_id = run_id
+        self.tags = tags
+        self.note = note
+        self.error = error
 
 
 class RRDApp(App):
@@ -28,6 +41,7 @@ class RRDApp(App):
     BINDINGS = [
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Keys", key_display="?"),
+        Binding("y", "studies", "Studies", show=False),  # from the run list (check_action)
     ]
 
     def __init__(
@@ -43,6 +57,14 @@ class RRDApp(App):
         self.presets_dir = Path(presets_dir)
         self.poll_interval = poll_interval
         self.clock = clock
+        self.first_runs: Future[list[RunRow] | None] | None = None
+
+    def on_load(self) -> None:
+        # The newest runs are read from the moment the app runs, while Textual starts; the run list
+        # takes them as its first read (RunsScreen.poll). A plain thread: workers start later.
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rrdtui-first-read")
+        self.first_runs = reader.submit(RunLister().load_quick, self.runs_dir, FIRST_CHUNK)
+        reader.shutdown(wait=False)
 
     def on_mount(self) -> None:
         self.push_screen(RunsScreen())
@@ -53,6 +75,50 @@ class RRDApp(App):
             if isinstance(screen, RunsScreen):
                 return screen
         return None
+
+    # -- studies ------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "studies":  # opened from the run list only
+            return isinstance(self.screen, RunsScreen)
+        return True
+
+    def action_studies(self) -> None:
+        from rrdtui.tui.screens.studies import StudiesScreen
+
+        self.push_screen(StudiesScreen())
+
+    # -- tags and notes (t on a run, in the run list and the detail) -----------------------------
+
+    def edit_notes(self, run_id: str, tags: tuple[str, ...] | list[str], note: str) -> None:
+        """A run's tags and note in a small form; what is saved is written in a thread worker."""
+        from rrdtui.tui.screens.notes import NotesScreen
+
+        def done(result: tuple[list[str], str] | None) -> None:
+            if result is not None:
+                self._save_notes(run_id, *result)
+
+        self.push_screen(NotesScreen(run_id, tags, note), callback=done)
+
+    @work(thread=True, exit_on_error=False, group="notes")
+    def _save_notes(self, run_id: str, tags: list[str], note: str) -> None:
+        from rrdtui.tui.screens.notes import save_notes
+
+        try:
+            save_notes(self.runs_dir, run_id, tags, note)
+        except Exception as exc:
+            self.post_message(NotesSaved(run_id, tags, note, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+            return
+        self.post_message(NotesSaved(run_id, tags, note, None))
+
+    def on_notes_saved(self, message: NotesSaved) -> None:
+        if message.error:
+            self.notify(f"tags of {message.run_id} not saved: {message.error}", severity="error", timeout=8)
+            return
+        self.notify(f"tags of {message.run_id}: {', '.join(message.tags) or '(none)'}")
+        poll = getattr(self.screen, "poll", None)
+        if poll is not None:
+            poll()  # show them now
 
     # -- help and the command palette ---------------------------------------------------------
 
@@ -102,6 +168,8 @@ class RRDApp(App):
         yield SystemCommand("Group by preset", "Toggle grouping of the run list by preset", runs.action_group)
         yield SystemCommand("Filter runs", "Filter the run list by text", runs.action_filter)
         yield SystemCommand("Refresh", "Read the store now", runs.action_refresh)
+        if type(screen).__name__ != "StudiesScreen":
+            yield SystemCommand("Studies", "Each study's progress, grouped table, heatmap, curves (y)", self.action_studies)
         for row in runs.rows:
             yield SystemCommand(
                 f"Open {row.id} {row.name}",

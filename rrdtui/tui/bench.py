@@ -203,28 +203,88 @@ def _machine() -> str:
             f"Python {platform.python_version()}, Textual {textual.__version__}")  # fmt: skip
 
 
+# Each moment is taken when the app gets there (a hook sets an event), not by polling: a loop of
+# short pauses would take the CPU from the app's own thread workers and slow what it measures.
 COLD = """
 import asyncio, sys, time
 from pathlib import Path
 from rrdtui.tui.app import RRDApp
 from rrdtui.tui.screens.runs import RunsScreen
 
+times = {}
+done = asyncio.Event()
+
+def hook(name, moment, condition=lambda self: True):
+    original = getattr(RunsScreen, name)
+
+    def hooked(self, *args):
+        result = original(self, *args)
+        if moment not in times and condition(self):
+            times[moment] = time.time()
+            if moment == "complete":
+                done.set()
+        return result
+
+    setattr(RunsScreen, name, hooked)
+
+hook("_update_title", "painted")  # the screen's first content, from its on_mount
+hook("_first_drawn", "first")
+hook("_render_table", "complete", lambda self: self.complete)
+hook("_add_rest", "complete", lambda self: self.complete)
+
 async def main():
     app = RRDApp(Path(sys.argv[1]), Path("presets"), poll_interval=3600)
-    painted = None
     async with app.run_test(size=(120, 40)) as pilot:
-        while not (isinstance(app.screen, RunsScreen) and app.screen.drawn):
-            if painted is None and isinstance(app.screen, RunsScreen):
-                painted = time.time()
-            await pilot.pause(0.001)
-        first = time.time()
-        while not app.screen.complete:
-            await pilot.pause(0.001)
+        await done.wait()
         await pilot.pause()
-        print(painted or first, first, time.time())
+        print(times["painted"], times["first"], time.time())
 
 asyncio.run(main())
 """
+
+
+# The baseline: a bare Textual app with one table, drawing a screenful of rows like the run list's
+# (FIRST_CHUNK rows of 12 short texts), read from nowhere. What the dashboard takes beyond it to show
+# its first runs is its own cost: imports, reading the store, building the cells.
+BARE = """
+import asyncio, sys, time
+from textual.app import App
+from textual.widgets import DataTable
+
+ROWS = int(sys.argv[1])
+
+class Bare(App):
+    def __init__(self):
+        super().__init__()
+        self.drawn = asyncio.Event()
+
+    def compose(self):
+        yield DataTable()
+
+    def on_mount(self):
+        table = self.query_one(DataTable)
+        table.add_columns(" ", "id", "name", "status", "progress", "best", "last", "paper", "method",
+                          "tau", "pair", "started")
+        for i in range(ROWS):
+            table.add_row(" ", f"{i:08x}", f"bench_{i:04d}", "completed", "240/240", "74.42", "74.42",
+                          "74.48", "rrd", "0.04/0.1", "r32x4-r8x4", "06-13 15:07")
+        self.call_after_refresh(self.drawn.set)
+
+async def main():
+    app = Bare()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.drawn.wait()
+        print(time.time())
+
+asyncio.run(main())
+"""
+
+
+def _bare_start(rows: int) -> float:
+    """A fresh interpreter: seconds to a bare Textual app's table of `rows` rows drawn."""
+    t0 = time.time()
+    result = subprocess.run([sys.executable, "-c", BARE, str(rows)], capture_output=True, text=True, check=True)
+    return float(result.stdout.strip()) - t0
 
 
 def _cold_start(runs_dir: Path) -> tuple[float, float, float]:
@@ -248,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=5_000_000, help="metric rows in all")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="write the section here instead of stdout")
+    parser.add_argument("--start-only", action="store_true",
+                        help="only the cold starts, the dashboard's beside a bare Textual table (quick)")  # fmt: skip
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="rrdtui-bench-") as tmp:
@@ -257,12 +319,31 @@ def main(argv: list[str] | None = None) -> None:
         build_s = time.perf_counter() - t0
         size_mb = sum(p.stat().st_size for p in runs_dir.glob("rrdtui.db*")) / 1e6
         print(f"store: {args.runs} runs, {rows:,} metric rows, {size_mb:.0f} MB, built in {build_s:.1f} s")
+        from rrdtui.tui.screens.runs import FIRST_CHUNK
+
         imports = [_import_time() for _ in range(3)]
-        cold = [_cold_start(runs_dir) for _ in range(args.repeats)]
-        results = asyncio.run(_measure(runs_dir, args.repeats))
+        # One untimed start of each first (it writes the bytecode caches, where Python may), then
+        # alternated, so a change of load on a shared machine falls on both alike.
+        _cold_start(runs_dir)
+        _bare_start(min(FIRST_CHUNK, args.runs))
+        cold, bare = [], []
+        for _ in range(args.repeats):
+            cold.append(_cold_start(runs_dir))
+            bare.append(_bare_start(min(FIRST_CHUNK, args.runs)))
+        results = None if args.start_only else asyncio.run(_measure(runs_dir, args.repeats))
 
     def fmt(values: list[float]) -> str:
         return f"{statistics.median(values) * 1000:.0f} ms (min {min(values) * 1000:.0f}, max {max(values) * 1000:.0f})"
+
+    first = statistics.median(c[1] for c in cold)
+    ratio = first / statistics.median(bare)
+    if args.start_only:
+        print(f"load average {os.getloadavg()[0]:.1f}")
+        print(f"import rrdtui.tui.app: {fmt(imports)}")
+        print(f"bare Textual table of {min(FIRST_CHUNK, args.runs)} rows drawn: {fmt(bare)}")
+        print(f"dashboard, first screenful of runs drawn: {fmt([c[1] for c in cold])}  ({ratio:.2f}x the bare app)")
+        print(f"dashboard, all {args.runs} runs in the table: {fmt([c[2] for c in cold])}")
+        return
 
     lines = [
         "## Dashboard speed (`rrdtui.tui.bench`)",
@@ -279,7 +360,8 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|",
         f"| `import rrdtui.tui.app` (fresh interpreter, no torch) | {fmt(imports)} |",
         f"| cold start (new process, imports included) to the run list screen up, table empty | {fmt([c[0] for c in cold])} |",
-        f"| cold start to the first screenful of runs drawn (first 100 rows) | {fmt([c[1] for c in cold])} |",
+        f"| a bare Textual app (new process) to a table of {min(FIRST_CHUNK, args.runs)} rows drawn: the baseline | {fmt(bare)} |",
+        f"| cold start to the first screenful of runs drawn (first {FIRST_CHUNK} rows) | {fmt([c[1] for c in cold])} ({ratio:.2f}x the baseline) |",
         f"| cold start to all {args.runs} runs in the table | {fmt([c[2] for c in cold])} |",
         f"| app start to all runs in the table, in a warm process | {fmt(results['start'])} |",
         f"| one refresh of the run list, nothing changed | {fmt(results['refresh_idle'])} |",

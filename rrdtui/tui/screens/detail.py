@@ -18,10 +18,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Log, Static, TabbedContent, TabPane, Tabs
+from textual.widgets import Footer, Static, TabbedContent, TabPane, Tabs
 
 from rrdtui.plotting import Curve, Figure, Ref
 from rrdtui.ownership import RESUMABLE
+from rrdtui.runfilter import run_note, run_tags
 from rrdtui.tui.model import (
     LOSS_PREFIXES,
     STATUS_STYLES,
@@ -41,6 +42,7 @@ from rrdtui.tui.model import (
 )
 from rrdtui.tui.screens.confirm import ConfirmScreen
 from rrdtui.tui.widgets.curves import CurvePlot
+from rrdtui.tui.widgets.wraplog import WrapLog
 
 # plot id -> (title, y label, metrics drawn); the two loss plots draw whatever losses the run has.
 PLOTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -67,9 +69,12 @@ ACTIVE = ("running", "queued")
 
 class DetailLoaded(Message):
     def __init__(self, run: dict[str, Any] | None, points: dict, resets: set, log_reset: bool,
-                 log_lines: list[str], events: list[dict], error: str | None = None):  # fmt: skip
+                 log_lines: list[str], events: list[dict], error: str | None = None,
+                 tags: list[str] | None = None, note: str = ""):  # fmt: skip
         super().__init__()
         self.run = run
+        self.tags = tags or []
+        self.note = note
         self.points = points
         self.resets = resets
         self.log_reset = log_reset
@@ -93,6 +98,7 @@ class DetailScreen(Screen):
         Binding("x", "stop", "Stop"),
         Binding("r", "resume", "Resume"),
         Binding("d", "remove", "Remove"),
+        Binding("t", "notes", "Tags", show=False),  # listed by ?: the footer is full at 80 columns
         Binding("delete", "remove", "Remove", show=False),
         Binding("ctrl+r", "refresh", "Refresh", show=False),
         *[Binding(str(i + 1), f"tab('{tab}')", f"{TAB_NAMES[tab]} tab", show=False) for i, tab in enumerate(TABS)],
@@ -104,6 +110,8 @@ class DetailScreen(Screen):
         self.run: dict[str, Any] | None = None
         self.series: dict[str, Series] = {}
         self.events: list[dict] = []
+        self.tags: list[str] = []  # the run's artifacts "tags" and "note"
+        self.note = ""
         self.smoothing = False
         self.loaded = False
         self.load_count = 0
@@ -139,7 +147,7 @@ class DetailScreen(Screen):
                 with VerticalScroll():
                     yield Static(id="info-text")
             with TabPane("7 Log", id="log"):
-                yield Log(id="log-view", max_lines=5000)
+                yield WrapLog(id="log-view", max_lines=5000)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -178,13 +186,14 @@ class DetailScreen(Screen):
                     return
                 points, resets = read_increments(store, self.run_id, None, last_steps)
                 events = store.events(self.run_id)
+                tags, note = run_tags(store, self.run_id), run_note(store, self.run_id) or ""
             if self._tail is None and run.get("run_dir"):
                 self._tail = LogTail(Path(run["run_dir"]) / "train.log")
             log_reset, lines = self._tail.read() if self._tail else (False, [])
         except Exception as exc:
             self.post_message(DetailLoaded(self.run, {}, set(), False, [], [], error=f"cannot read the store: {exc}"))
             return
-        self.post_message(DetailLoaded(run, points, resets, log_reset, lines, events))
+        self.post_message(DetailLoaded(run, points, resets, log_reset, lines, events, tags=tags, note=note))
 
     def on_detail_loaded(self, message: DetailLoaded) -> None:
         self._polling = False
@@ -205,15 +214,15 @@ class DetailScreen(Screen):
         if message.points or message.resets or not self.loaded:
             self._draw_plots()
         if message.log_reset:
-            self.query_one(Log).clear()
+            self.query_one(WrapLog).clear()
         if message.log_lines:
-            self.query_one(Log).write_lines(message.log_lines)
-        if len(message.events) != len(self.events) or status_changed or not self._config_shown:
+            self.query_one(WrapLog).write_lines(message.log_lines)
+        notes_changed = (message.tags, message.note) != (self.tags, self.note)
+        self.tags, self.note = message.tags, message.note
+        if len(message.events) != len(self.events) or status_changed or notes_changed or not self._config_shown:
             self.events = message.events
             self._draw_info()
         self._draw_head()
-        if status_changed:
-            self.refresh_bindings()
         self.loaded = True
         self.load_count += 1
 
@@ -257,6 +266,8 @@ class DetailScreen(Screen):
             (f" {status} ", STATUS_STYLES.get(status) or "reverse"), "  ",
             f"epoch {run.get('epoch') or 0}/{run.get('epochs') or 0}",
         )  # fmt: skip
+        if self.tags:
+            line1.append("  " + " ".join(self.tags), style="cyan")
         if status == "running" and run.get("started") and run.get("total_steps"):
             frac = (run.get("step") or 0) / run["total_steps"]
             if frac > 0:
@@ -282,6 +293,8 @@ class DetailScreen(Screen):
         if self.smoothing:
             line3.append("  (smoothed)", style="dim")
         lines = [line1, line2, line3]
+        if self.note:
+            lines.append(Text(f"note: {self.note}", style="italic"))
         if run.get("error") and status not in ACTIVE:
             lines.append(Text(run["error"].splitlines()[0], style="red"))
         head.update(Text("\n").join(lines))
@@ -340,7 +353,8 @@ class DetailScreen(Screen):
         self._config_shown = True
         rows = [
             ("id", run.get("id")), ("name", run.get("name")), ("status", run.get("status")),
-            ("error", run.get("error")), ("preset", run.get("preset")), ("group", run.get("grp")),
+            ("error", run.get("error")), ("tags", " ".join(self.tags)), ("note", self.note),
+            ("preset", run.get("preset")), ("group", run.get("grp")),
             ("created", fmt_time(run.get("created"))), ("started", fmt_time(run.get("started"))),
             ("ended", fmt_time(run.get("ended"))), ("pid", f"{run.get('pid') or '-'} on {run.get('host') or '-'}"),
             ("run dir", run.get("run_dir")),
@@ -368,15 +382,22 @@ class DetailScreen(Screen):
 
     # -- actions ------------------------------------------------------------------------------
 
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+    def refusal(self, what: str) -> str | None:
+        """Why `what` (stop, resume, remove) cannot be done to this run as it is now; None if it can.
+        The keys always answer: a key that did nothing would leave the user guessing."""
         status = (self.run or {}).get("status")
-        if action == "stop":
-            return True if status in ACTIVE else None
-        if action == "resume":
-            return True if status in RESUMABLE else None
-        if action == "remove":
-            return True if status is not None and status not in ACTIVE else None
-        return True
+        run = f"run {self.run_id}"
+        if status is None:
+            return f"{run} is still loading"
+        if what == "stop" and status not in ACTIVE:
+            return f"{run} is {status}: nothing to stop"
+        if what == "resume" and status not in RESUMABLE:
+            if status == "completed" or status in ACTIVE:
+                return f"{run} is {status}: nothing to resume"
+            return f"{run} is {status}: only a stopped, crashed or failed run resumes"
+        if what == "remove" and status in ACTIVE:
+            return f"{run} is {status}: stop it first (x)"
+        return None
 
     def action_back(self) -> None:
         self._leave()
@@ -398,9 +419,12 @@ class DetailScreen(Screen):
         if tab == "info":
             self.query_one("#info", TabPane).query_one(VerticalScroll).focus()
         elif tab == "log":
-            self.query_one(Log).focus()
+            self.query_one(WrapLog).focus()
         else:
             self.query_one(TabbedContent).query_one(Tabs).focus()
+
+    def action_notes(self) -> None:
+        self.app.edit_notes(self.run_id, self.tags, self.note)
 
     def action_smooth(self) -> None:
         self.smoothing = not self.smoothing
@@ -418,6 +442,11 @@ class DetailScreen(Screen):
         self._confirm("remove", f"Remove run {self.run_id}: its metrics, events and its folder? This cannot be undone.", "Remove")  # fmt: skip
 
     def _confirm(self, what: str, question: str, yes: str) -> None:
+        refusal = self.refusal(what)
+        if refusal:
+            self.notify(refusal, severity="warning")
+            return
+
         def answered(ok: bool | None) -> None:
             if ok:
                 self._act(what, self.app.runs_dir)

@@ -17,6 +17,8 @@ NOTES = """\
 each side's distribution over the queue is (lower = sharper).
 [b]Compare[/b]  Δ against the first marked run. RI = (Acc_method - Acc_KD) / (Acc_KD - Acc_student),
 from the paper's numbers ("RI paper") or from this run's best accuracy ("RI ours").
+[b]Studies[/b] (y from the runs)  progress and runner of each study; its seed groups (final mean ± std
+over completed seeds, N); a heatmap of a 2-key grid; space selects groups for the mean ± std curves.
 ctrl+p opens the command palette (launch, compare, open a run by id, theme)."""
 
 

@@ -1,9 +1,12 @@
 """Launch: pick a preset, edit the fields that matter, see the teacher it will use, launch detached,
 or save the edits as a new preset. Validation is the CLI's own: the edits become `--set` overrides
-and go through `load_preset`, so every message reads exactly as `rrdtui run` prints it."""
+and go through `load_preset` as you type, then through the checks `rrdtui run` makes before it
+writes a run row (`rrdtui.preflight.check_launch`: device, data, teacher file, method pairing), in a
+thread, so every message reads exactly as `rrdtui run` prints it."""
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,10 @@ FIELDS = (
 WEIGHTS = ("method.alpha", "method.beta", "method.gamma")
 OPTION_SLOTS = 4  # method.options.<key> fields shown (two rows); a method with more lists the rest
 PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# The preset list is as wide as its longest name, on one line each, as long as the form keeps FORM_MIN
+# columns (a narrower terminal clips the longest names with "…"); never narrower than LIST_MIN.
+FORM_MIN = 44
+LIST_MIN = 20
 
 
 def field_id(key: str) -> str:
@@ -73,6 +80,10 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def list_presets(presets_dir: Path) -> list[Path]:
     if not presets_dir.is_dir():
         return []
@@ -84,6 +95,15 @@ class PlanReady(Message):
         super().__init__()
         self.seq = seq
         self.text = text
+
+
+class Checked(Message):
+    """The launch checks of the inputs numbered `seq` are done: `error` is their one line, or None."""
+
+    def __init__(self, seq: int, error: str | None):
+        super().__init__()
+        self.seq = seq
+        self.error = error
 
 
 class Launched(Message):
@@ -123,11 +143,15 @@ class LaunchScreen(Screen[list[str] | None]):
         self.raw: dict[str, Any] = {}
         self.initial: dict[str, str] = {}
         self.cfg: Config | None = None
-        self.error: str | None = None
+        self.error: str | None = None  # the configuration's error (load_preset)
         self.plan = ""
+        self.checking = False  # the launch checks of the current inputs have not answered yet
+        self.check_error: str | None = None  # what they answered (None: passed, or not answered)
         self.launching = False
-        self._plan_seq = 0
-        self._plan_timer = None
+        self._seq = 0  # numbers the inputs: a change makes a new number
+        self._check_started = 0  # the inputs the last check started on (at most one check runs)
+        self._check_running = False
+        self._check_timer = None
         self.choices = choices()
         self.option_keys: tuple[str, ...] = ()  # method.options.<key> in the option fields, in order
         self.option_initial: dict[str, str] = {}  # what the preset sets for them ("" for the default)
@@ -172,9 +196,21 @@ class LaunchScreen(Screen[list[str] | None]):
                 f"[yellow]No presets in {self.app.presets_dir}[/]: add a YAML preset there (see `rrdtui presets`)."
             )
 
+    def on_resize(self) -> None:
+        self._size_list()
+
     def _fill_options(self, options: OptionList) -> None:
         options.clear_options()
         options.add_options([Option(p.stem, id=str(p)) for p in self.presets])
+        self._size_list()
+
+    def _size_list(self) -> None:
+        options = self.query_one("#presets", OptionList)
+        # Border and padding, and a scrollbar's width kept free whether or not one shows.
+        chrome = options.styles.gutter.width + options.styles.scrollbar_size_vertical
+        longest = max((len(p.stem) for p in self.presets), default=0)
+        room = (self.size.width or self.app.size.width) - FORM_MIN
+        options.styles.width = max(LIST_MIN, min(longest + chrome, room))
 
     # -- preset and fields --------------------------------------------------------------------
 
@@ -289,59 +325,91 @@ class LaunchScreen(Screen[list[str] | None]):
         self.validate()
 
     def validate(self) -> None:
-        """The CLI's validation of preset + overrides; shows the one-line message or the plan."""
-        verdict = self.query_one("#verdict", Static)
+        """The CLI's validation of preset + overrides, now; the launch checks follow in a thread."""
         if self.preset is None:
             return
-        overrides = self.overrides()
+        self._seq += 1
         try:
-            self.cfg = load_preset(self.preset, overrides)
+            self.cfg = load_preset(self.preset, self.overrides())
         except ConfigError as exc:
             self.cfg = None
             self.error = str(exc)
-            verdict.update(Text(f"✗ {exc}", style="bold red"))
+            self.checking = False
             self.query_one("#plan", Static).update("")
-            self._set_buttons()
-            return
-        self.error = None
-        sets = " ".join(f"--set {o}" for o in overrides)
-        verdict.update(
-            Text("✓ valid", style="bold green") + Text(f"  {sets}" if sets else "  (preset as is)", style="dim")
-        )
+        else:
+            self.error = None
+            self.checking = True
+            self._schedule_check()
+        self._show_verdict()
+
+    def _show_verdict(self) -> None:
+        verdict = self.query_one("#verdict", Static)
+        sets = " ".join(f"--set {o}" for o in self.overrides()) if self.preset else ""
+        detail = Text(f"  {sets}" if sets else "  (preset as is)", style="dim")
+        if self.error is not None:
+            verdict.update(Text(f"✗ {self.error}", style="bold red"))
+        elif self.checking:
+            verdict.update(Text("checking…", style="bold") + detail)
+        elif self.check_error is not None:
+            verdict.update(Text(f"✗ {self.check_error}", style="bold red"))
+        else:
+            verdict.update(Text("✓ valid", style="bold green") + detail)
         self._set_buttons()
-        self._schedule_plan()
 
     def _set_buttons(self) -> None:
-        ok = self.cfg is not None and not self.launching
+        # While the checks run, launching is allowed: the launch makes the same checks first.
+        ok = self.cfg is not None and not self.launching and (self.checking or self.check_error is None)
         self.query_one("#launch", Button).disabled = not ok
         self.query_one("#save", Button).disabled = self.cfg is None
 
-    # -- teacher plan -------------------------------------------------------------------------
+    # -- teacher plan and launch checks --------------------------------------------------------
 
-    def _schedule_plan(self) -> None:
-        self._plan_seq += 1
-        if self._plan_timer is not None:
-            self._plan_timer.stop()
-        seq, cfg, preset = self._plan_seq, self.cfg, str(self.preset)
-        self._plan_timer = self.set_timer(0.15, lambda: self._read_plan(seq, cfg, preset, self.app.runs_dir))
+    def _schedule_check(self) -> None:
+        """Check the inputs once typing pauses; one check at a time, the newest inputs last."""
+        if self._check_timer is not None:
+            self._check_timer.stop()
+        self._check_timer = self.set_timer(0.15, self._start_check)
 
-    @work(thread=True, exit_on_error=False, group="launch-plan")
-    def _read_plan(self, seq: int, cfg: Config, preset: str, runs_dir: Path) -> None:
-        if cfg is None:
-            return
+    def _start_check(self) -> None:
+        if self._check_running or self.cfg is None or self._check_started == self._seq:
+            return  # one is running (it starts the next when done), or these inputs are checked
+        self._check_running = True
+        self._check_started = self._seq
+        self._check(self._seq, copy.deepcopy(self.cfg), str(self.preset), self.app.runs_dir)
+
+    @work(thread=True, exit_on_error=False, group="launch-check")
+    def _check(self, seq: int, cfg: Config, preset: str, runs_dir: Path) -> None:
+        from rrdtui import launcher
+        from rrdtui.preflight import check_launch
+
+        error = None
         try:
-            from rrdtui import launcher
-
             with open_store(runs_dir) as store:
-                text = launcher.teacher_plan(cfg, store, preset)
+                try:
+                    text = launcher.teacher_plan(copy.deepcopy(cfg), store, preset)
+                except Exception as exc:  # the checks below say why, in full
+                    text = f"teacher: cannot tell ({_first_line(exc)})"
+                self.post_message(PlanReady(seq, text))
+                check_launch(cfg, preset, store)  # plans again (cfg is ours) and checks every run
+        except ConfigError as exc:
+            error = str(exc)
         except Exception as exc:
-            text = f"teacher: cannot tell ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-        self.post_message(PlanReady(seq, text))
+            error = f"cannot check the launch: {_first_line(exc)}"
+        self.post_message(Checked(seq, error))
 
     def on_plan_ready(self, message: PlanReady) -> None:
-        if message.seq == self._plan_seq:
+        if message.seq == self._seq:
             self.plan = message.text
             self.query_one("#plan", Static).update(Text(message.text, style="cyan"))
+
+    def on_checked(self, message: Checked) -> None:
+        self._check_running = False
+        if message.seq != self._seq:
+            self._start_check()  # the inputs changed meanwhile: check the newest
+            return
+        self.checking = False
+        self.check_error = message.error
+        self._show_verdict()
 
     # -- launch and save ----------------------------------------------------------------------
 
@@ -357,9 +425,8 @@ class LaunchScreen(Screen[list[str] | None]):
     def action_launch(self) -> None:
         if self.preset is None or self.launching:
             return
-        self.validate()
-        if self.cfg is None:
-            self.notify(self.error or "fix the configuration first", severity="error")
+        if self.cfg is None or (self.check_error and not self.checking):
+            self.notify(self.error or self.check_error or "fix the configuration first", severity="error")
             return
         self.launching = True
         self._set_buttons()
@@ -373,7 +440,7 @@ class LaunchScreen(Screen[list[str] | None]):
 
             ids = launcher.launch(preset, overrides, runs_dir, detach=True)
         except Exception as exc:
-            self.post_message(Launched(None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+            self.post_message(Launched(None, _first_line(exc)))
             return
         self.post_message(Launched(list(ids), None))
 
@@ -393,7 +460,6 @@ class LaunchScreen(Screen[list[str] | None]):
     def action_save(self) -> None:
         if self.preset is None:
             return
-        self.validate()
         if self.cfg is None:
             self.notify(self.error or "fix the configuration first", severity="error")
             return

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future, wait
 from pathlib import Path
 
+from rich.cells import cell_len, set_cell_size
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -11,7 +13,6 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
-from textual.widgets.data_table import ColumnKey
 
 from rrdtui.tui.model import (
     STATUS_STYLES,
@@ -26,7 +27,7 @@ from rrdtui.tui.model import (
     tau_text,
 )
 
-# Numbers before descriptions: at 80 columns the first eight fit; the rest scroll (id, name stay).
+# Left to right. Which of them show depends on the width (see STEPS).
 COLUMNS = (
     ("mark", " "),
     ("id", "id"),
@@ -41,28 +42,97 @@ COLUMNS = (
     ("pair", "T→S"),
     ("started", "started"),
 )
+# The table is laid out for the terminal's width, most important first: at 80 columns every column
+# up to the name fits, the name (with the run's tags after it) shrunk to NAME_MIN if need be; wider
+# terminals widen the name, to NAME_WIDTH and then whole, and add the rest in this order. A column is
+# shown whole or not at all, so a number is never cut (two runs that differ only in temperature never
+# look alike); only the texts of CLIPPED columns are shortened, with "…".
+# (key, the most cells of content this step gives it: None = all it has)
+NAME_MIN = 10
+NAME_WIDTH = 16
+STEPS = (
+    ("mark", None), ("id", None), ("status", None), ("best", None), ("progress", None), ("method", None),
+    ("tau", None), ("name", NAME_MIN), ("name", NAME_WIDTH), ("name", None), ("paper", None), ("last", None),
+    ("pair", None), ("started", None),
+)  # fmt: skip
+CLIPPED = {"name": 40, "pair": 24}  # the most cells their texts take, however wide the terminal
+CELL_PADDING = 1  # the table's blank cells on each side of a column
 # Clicking a header sorts by it (where a sort applies).
 HEADER_SORT = {"id": "created", "name": "name", "status": "status", "method": "method", "progress": "progress",
                "best": "best", "last": "last", "started": "created"}  # fmt: skip
-NAME_WIDTH = 16
-PAIR_WIDTH = 24
 FIRST_CHUNK = 100  # rows shown at once from a long first list; the rest follow in slices
+FIRST_WAIT = 0.05  # seconds the first frame may wait for the newest runs (RunsScreen.on_mount)
 REST_SLICE = 300
 REST_DELAY = 0.03
 MARK = "●"
 
 
-class RunsLoaded(Message):
-    """The run list as read by a worker (or the error that stopped the read)."""
+def fit_columns(natural: dict[str, int], width: int) -> dict[str, int]:
+    """The columns to show, left to right, and each one's content width, for a table `width` cells
+    wide whose columns' contents are `natural` cells wide (0: an empty column, never shown)."""
+    shown: dict[str, int] = {}
+    free = width
+    for key, most in STEPS:
+        want = natural.get(key, 0) if most is None else min(natural.get(key, 0), most)
+        if key not in shown:
+            if want and want + 2 * CELL_PADDING <= free:
+                shown[key] = want
+                free -= want + 2 * CELL_PADDING
+        elif want > shown[key]:
+            grow = min(want - shown[key], free)
+            shown[key] += grow
+            free -= grow
+    return {key: shown[key] for key, _ in COLUMNS if key in shown}
 
-    def __init__(self, rows: list[RunRow] | None, error: str | None = None):
-        super().__init__()
-        self.rows = rows
-        self.error = error
+
+# A cell as the screen keeps it: (text, style) pieces, compared and measured as plain strings, and
+# made into a Text only when the table gets it (a long list costs thousands of cells per read).
+Cell = tuple[tuple[str, str], ...]
 
 
 def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """The text cut to `width` cells with "…" (only the texts of CLIPPED columns ever are)."""
+    if cell_len(text) <= width:
+        return text
+    return set_cell_size(text, max(width - 1, 0)) + "…"
+
+
+def _name_cell(name: tuple[str, str], tags: tuple[str, str], width: int) -> Cell:
+    """A run's name and then its tags, (text, style) each, in `width` cells: the name is shortened
+    first, the tags only when they would take more than half."""
+    (text, style), (tag_text, tag_style) = name, tags
+    if not tag_text:
+        return ((_clip(text, width), style),)
+    tag_room = min(cell_len(tag_text), max(width - cell_len(text) - 1, width // 2))
+    return ((_clip(text, width - tag_room - 1), style), (" ", ""), (_clip(tag_text, tag_room), tag_style))
+
+
+def _text(cell: Cell) -> Text:
+    # Text, not a string: the table would parse every string as markup.
+    if len(cell) == 1:
+        return Text(cell[0][0], style=cell[0][1])
+    return Text.assemble(*cell)
+
+
+class RunsLoaded(Message):
+    """The run list as read by a worker (or the error that stopped the read)."""
+
+    def __init__(self, rows: list[RunRow] | None, error: str | None = None, first: bool = False):
+        super().__init__()
+        self.rows = rows
+        self.error = error
+        self.first = first  # the newest runs only: the rest is read once they are drawn
+
+
+class RunTable(DataTable):
+    """The run list. Home and End go to the first and the last run, cursor and view together, so the
+    highlighted run is always the one enter opens (DataTable's Home and End scroll sideways, which
+    this table never needs: its columns fit the width)."""
+
+    BINDINGS = [
+        Binding("home", "scroll_top", "First run", show=False),
+        Binding("end", "scroll_bottom", "Last run", show=False),
+    ]
 
 
 class RunsScreen(Screen):
@@ -71,6 +141,7 @@ class RunsScreen(Screen):
     BINDINGS = [
         Binding("enter", "open", "Open"),
         Binding("space", "mark", "Mark"),
+        Binding("t", "notes", "Tags", show=False),  # in the hint line and ?: the footer is full at 80 columns
         Binding("c", "compare", "Compare"),
         Binding("n", "launch", "Launch"),
         Binding("slash", "filter", "Filter", key_display="/"),
@@ -91,7 +162,8 @@ class RunsScreen(Screen):
         self.filter_text = ""
         self.loaded = False  # the first read is in the table
         self.drawn = False  # ... and on the screen (for the benchmark)
-        self.complete = False  # every row of it is in the table (a long first list comes in two parts)
+        self.complete = False  # every row of it is in the table (a long first list comes in parts)
+        self._partial = False  # self.rows are the newest screenful only: the rest is being read
         self.load_count = 0
         self.error: str | None = None
         self._polling = False
@@ -99,28 +171,46 @@ class RunsScreen(Screen):
         self._cells: dict[str, tuple] = {}
         self._lister = RunLister()
         self._focus_id: str | None = None
-        self._cell_cache: dict[str, tuple[RunRow, bool, tuple]] = {}
-        self._quick_done = False  # the first read goes without the store module (see RunLister.load_quick)
+        # Per run: (the row, marked, its cells of every column, their widths), while the row is unchanged.
+        self._cell_cache: dict[str, tuple[RunRow, bool, dict[str, tuple[str, str]], tuple[int, ...]]] = {}
+        self._columns: dict[str, int] = {}  # the columns in the table and their content widths
+        # The first reads go without the store module (see RunLister.load_quick): the newest screenful
+        # (a few ms), then, once it is on the screen, the whole list (tens of ms on a big store).
+        self._quick_limits = [FIRST_CHUNK, -1]
         self._generation = 0
-        self._rest_pending = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="runs-title")
-        yield Input(placeholder="filter: words to match (id, name, method, arch, status, preset)", id="filter")
-        table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True, fixed_columns=3)
+        yield Input(placeholder="filter: words (name, method, arch, tag…) or key=value (tau_s=0.07, method=rrd)", id="filter")
+        table = RunTable(id="runs-table", cursor_type="row", zebra_stripes=True, cell_padding=CELL_PADDING)
         yield table
         yield Static(id="runs-status")
         yield Footer()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
+        self._set_columns(fit_columns({key: Text(label).cell_len for key, label in COLUMNS}, self._table_width(0)))
         self.query_one("#filter").display = False
         table.focus()
         self._timer = self.set_interval(self.app.poll_interval, self.poll)
         self._update_title()
-        self.poll()
+        begun = self.app.first_runs
+        if begun is not None:
+            # The app's read of the newest runs (a few ms, begun as the app started) is given a
+            # moment to finish, so that they are in the table before its first frame, as in any
+            # table filled when mounted. Waiting here lets the read have the CPU to itself; a read
+            # that takes longer (a busy disk, a locked store) is taken by the first poll instead.
+            wait([begun], timeout=FIRST_WAIT)
+        if begun is not None and begun.done() and not begun.exception() and begun.result() is not None:
+            self.app.first_runs = None
+            self._quick_limits.pop(0)
+            self._take(begun.result(), None, first=len(begun.result()) == FIRST_CHUNK)
+        else:
+            self.poll()
+
+    def on_resize(self) -> None:
+        if self.loaded:
+            self._render_table()  # another width: other columns may fit
 
     def on_screen_suspend(self) -> None:
         self._timer.pause()
@@ -135,16 +225,20 @@ class RunsScreen(Screen):
         if self._polling:
             return
         self._polling = True
-        self._read(self.app.runs_dir)
+        limit = self._quick_limits.pop(0) if self._quick_limits else None
+        begun, self.app.first_runs = self.app.first_runs, None  # the app's read of the newest runs
+        self._read(self.app.runs_dir, limit, begun if limit == FIRST_CHUNK else None)
 
     @work(thread=True, exit_on_error=False, group="runs-poll")
-    def _read(self, runs_dir: Path) -> None:
+    def _read(self, runs_dir: Path, limit: int | None, begun: Future | None = None) -> None:
+        """Read the run list: with plain sqlite3 and at most `limit` runs (-1: all) while `limit` is
+        given (or take the read `begun` already), and when that cannot be (see
+        RunLister.load_quick), through the Store."""
         try:
-            if not self._quick_done:
-                self._quick_done = True
-                rows = self._lister.load_quick(runs_dir)
+            if limit is not None:
+                rows = begun.result() if begun is not None else self._lister.load_quick(runs_dir, limit)
                 if rows is not None:
-                    self.post_message(RunsLoaded(rows))
+                    self.post_message(RunsLoaded(rows, first=len(rows) == limit))
                     return
             with open_store(runs_dir) as store:
                 rows = self._lister.load(store)
@@ -155,13 +249,20 @@ class RunsScreen(Screen):
 
     def on_runs_loaded(self, message: RunsLoaded) -> None:
         self._polling = False
-        self.error = message.error
-        if message.rows is not None:
-            self.rows = message.rows
+        self._take(message.rows, message.error, message.first)
+
+    def _take(self, rows: list[RunRow] | None, error: str | None, first: bool) -> None:
+        """Show a read of the run list (`first`: its newest screenful only)."""
+        self.error = error
+        if not first:
+            self._quick_limits.clear()  # the whole list is read: the Store reads from now on
+        if rows is not None:
+            self.rows = rows
             ids = {r.id for r in self.rows}
             self.marked = [m for m in self.marked if m in ids]
             for gone in set(self._cell_cache) - ids:
                 del self._cell_cache[gone]
+            self._partial = first
             self._render_table()
             if not self.loaded:
                 self.call_after_refresh(self._first_drawn)
@@ -172,26 +273,29 @@ class RunsScreen(Screen):
 
     def _first_drawn(self) -> None:
         self.drawn = True
+        if self._quick_limits:
+            self.poll()  # the newest runs are on the screen: now the rest
 
     # -- drawing ------------------------------------------------------------------------------
 
-    def _cells_for(self, row: RunRow, now: float) -> tuple:
-        # Text cells, not strings: the table would parse every string as markup.
+    def _cells_for(self, row: RunRow, now: float) -> dict[str, tuple[str, str]]:
+        """A run's cells, (text, style) per column, and its tags (drawn after its name)."""
         beats_paper = row.best is not None and row.paper is not None and row.best >= row.paper
-        return (
-            Text(MARK if row.id in self.marked else " "),
-            Text(row.id[:8]),
-            Text(_clip(row.name, NAME_WIDTH)),
-            Text(row.status, style=STATUS_STYLES.get(row.status, "")),
-            Text(row.progress_text(now)),
-            Text(fmt_num(row.best), style="bold green" if beats_paper else ""),
-            Text(fmt_num(row.last)),
-            Text(fmt_num(row.paper)),
-            Text(row.method),
-            Text(tau_text(row)),
-            Text(_clip(pair_text(row), PAIR_WIDTH)),
-            Text(fmt_time(row.started or row.created)),
-        )
+        return {
+            "mark": (MARK if row.id in self.marked else " ", ""),
+            "id": (row.id[:8], ""),
+            "name": (row.name, ""),
+            "tags": (" ".join(row.tags), "cyan"),
+            "status": (row.status, STATUS_STYLES.get(row.status, "")),
+            "progress": (row.progress_text(now), ""),
+            "best": (fmt_num(row.best), "bold green" if beats_paper else ""),
+            "last": (fmt_num(row.last), ""),
+            "paper": (fmt_num(row.paper), ""),
+            "method": (row.method, ""),
+            "tau": (tau_text(row), ""),
+            "pair": (pair_text(row), ""),
+            "started": (fmt_time(row.started or row.created), ""),
+        }
 
     def visible_rows(self) -> list[RunRow]:
         rows = sort_rows(filter_rows(self.rows, self.filter_text), self.sort_key, self.sort_reverse)
@@ -199,11 +303,55 @@ class RunsScreen(Screen):
             rows = sorted(rows, key=lambda r: r.group)  # stable: keeps the chosen order inside groups
         return rows
 
+    def _table_width(self, rows: int) -> int:
+        """Cells the columns of `rows` rows may take: the screen's width (the table spans it), less a
+        vertical scrollbar's when they will not all fit in the table's height (or it is not laid out)."""
+        table = self.query_one(DataTable)
+        width = self.size.width or self.app.size.width
+        if not table.size.height or rows + 1 > table.size.height:  # one line for the header
+            width -= table.styles.scrollbar_size_vertical
+        return width
+
+    def _set_columns(self, columns: dict[str, int]) -> None:
+        """Replace the table's columns (and rows): each as wide as its widest cell, given here, so the
+        first frame is drawn at these widths (measuring happens later, when the table is idle)."""
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        labels = dict(COLUMNS)
+        for key, width in columns.items():
+            table.add_column(labels[key], key=key, width=width)
+        self._columns = columns
+        self._order = []
+        self._cells = {}
+
+    @staticmethod
+    def _widths(cells: dict[str, tuple[str, str]]) -> tuple[int, ...]:
+        """The cells a row's contents take, per column (the name's with the tags after it)."""
+        widths = []
+        for key, _ in COLUMNS:
+            width = cell_len(cells[key][0])
+            if key == "name" and cells["tags"][0]:
+                width += 1 + cell_len(cells["tags"][0])
+            widths.append(min(width, CLIPPED.get(key, width)))
+        return tuple(widths)
+
+    def _shown(self, cells: dict[str, tuple[str, str]]) -> tuple[Cell, ...]:
+        """A row's cells of the columns in the table, texts clipped to their column."""
+        shown = []
+        for key, width in self._columns.items():
+            if key == "name":
+                shown.append(_name_cell(cells["name"], cells.get("tags", ("", "")), width))
+            else:
+                text, style = cells.get(key, ("", ""))
+                shown.append(((_clip(text, width), style),))
+        return tuple(shown)
+
     def _render_table(self) -> None:
         table = self.query_one(DataTable)
         now = self.app.clock()
         order: list[str] = []
-        cells: dict[str, tuple] = {}
+        every: dict[str, dict[str, tuple[str, str]]] = {}
+        widths: list[tuple[int, ...]] = []
         group = None
         rows = self.visible_rows()
         counts: dict[str, int] = {}
@@ -215,30 +363,38 @@ class RunsScreen(Screen):
                 key = f"group:{group}"
                 order.append(key)
                 n = counts[group]
-                cells[key] = (Text(""), Text(""), Text(f"▸ {_clip(group, NAME_WIDTH - 2)}", style="bold"),
-                              Text(f"{n} run{'s' * (n != 1)}", style="dim")) + (Text(""),) * (len(COLUMNS) - 4)  # fmt: skip
+                every[key] = {"name": (f"▸ {group}", "bold"), "status": (f"{n} run{'s' * (n != 1)}", "dim")}
             order.append(row.id)
             marked = row.id in self.marked
             cached = self._cell_cache.get(row.id)
             if cached is not None and cached[0] == row and cached[1] == marked and row.status != "running":
-                cells[row.id] = cached[2]  # unchanged (a running row's time left moves with the clock)
+                every[row.id] = cached[2]  # unchanged (a running row's time left moves with the clock)
+                widths.append(cached[3])
             else:
-                cells[row.id] = self._cells_for(row, now)
-                self._cell_cache[row.id] = (row, marked, cells[row.id])
-        if order == self._order:
-            for key, new in cells.items():
-                old = self._cells.get(key)
+                every[row.id] = self._cells_for(row, now)
+                size = self._widths(every[row.id])
+                self._cell_cache[row.id] = (row, marked, every[row.id], size)
+                widths.append(size)
+        # Each column as wide as its widest cell (or its label), the whole set fitted to the width.
+        natural = {key: max([cell_len(label), *(w[i] for w in widths)]) for i, (key, label) in enumerate(COLUMNS)}
+        columns = fit_columns(natural, self._table_width(len(order)))
+        cursor_key = self._cursor_key()
+        if columns != self._columns:
+            self._set_columns(columns)
+        cells = {key: self._shown(c) for key, c in every.items()}
+        shown = len(self._order)
+        if order[:shown] == self._order and (shown or not order):
+            # The same rows first: change the cells that changed, add what follows (the rest of the
+            # list after its newest screenful) in slices.
+            for key in self._order:
+                old, new = self._cells.get(key), cells[key]
                 if old == new:
                     continue
-                for (col, _), a, b in zip(COLUMNS, old or (), new):
+                for col, a, b in zip(self._columns, old or (), new):
                     if a != b:
-                        # Widening the column costs a pass over the table: only when the text needs it.
-                        wider = b.cell_len > table.columns[ColumnKey(col)].content_width
-                        table.update_cell(key, col, b, update_width=wider)
-            self.complete = not self._rest_pending
+                        table.update_cell(key, col, _text(b))  # it fits: a wider text would have changed the columns
+            self._add_later(order[shown:], cells)
         else:
-            self._generation += 1
-            cursor_key = self._cursor_key()
             if self._focus_id and self._focus_id in cells:
                 cursor_key, self._focus_id = self._focus_id, None
             head, rest = order, []
@@ -247,35 +403,37 @@ class RunsScreen(Screen):
                 head, rest = order[:FIRST_CHUNK], order[FIRST_CHUNK:]
             table.clear()
             for key in head:
-                table.add_row(*cells[key], key=key)
+                table.add_row(*map(_text, cells[key]), key=key)
             if cursor_key in cells:
                 table.move_cursor(row=order.index(cursor_key), animate=False)
-            self.complete = not rest
-            self._rest_pending = bool(rest)
-            if rest:
-                all_cells, generation = cells, self._generation
-                self.set_timer(REST_DELAY, lambda: self._add_rest(generation, rest, all_cells))
-                order = head
-                cells = {k: cells[k] for k in head}
-        self._order = order
-        self._cells = cells
+            self._order = head
+            self._cells = {k: cells[k] for k in head}
+            self._add_later(rest, cells)
 
-    def _add_rest(self, generation: int, rest: list[str], cells: dict[str, tuple]) -> None:
-        """Add the rest of a long first list in slices, letting frames through between them (the
-        table measures every cell it gets: a thousand rows at once would stall the screen)."""
+    def _add_later(self, rest: list[str], cells: dict[str, tuple[Cell, ...]]) -> None:
+        """Rows to add after the table's, in slices after this frame (none: the table is complete)."""
+        self._generation += 1  # a pending slice of an earlier list is dropped
+        self.complete = not rest and not self._partial
+        self._cells.update({k: cells[k] for k in self._order})
+        if rest:
+            generation = self._generation
+            self.set_timer(REST_DELAY, lambda: self._add_rest(generation, rest, cells))
+
+    def _add_rest(self, generation: int, rest: list[str], cells: dict[str, tuple[Cell, ...]]) -> None:
+        """Add the rest of a long list in slices, letting frames through between them (the table
+        measures every cell it gets: a thousand rows at once would stall the screen)."""
         if generation != self._generation:
-            return  # a newer rebuild has drawn everything
+            return  # the table changed since: a newer render adds what it needs
         table = self.query_one(DataTable)
         part, rest = rest[:REST_SLICE], rest[REST_SLICE:]
         for key in part:
-            table.add_row(*cells[key], key=key)
+            table.add_row(*map(_text, cells[key]), key=key)
         self._order = self._order + part
         self._cells.update({k: cells[k] for k in part})
         if rest:
             self.set_timer(REST_DELAY, lambda: self._add_rest(generation, rest, cells))
             return
-        self.complete = True
-        self._rest_pending = False
+        self.complete = not self._partial
 
     def _cursor_key(self) -> str | None:
         table = self.query_one(DataTable)
@@ -315,10 +473,12 @@ class RunsScreen(Screen):
         row = self.cursor_run()
         if row is not None and row.error and row.status in ("crashed", "failed", "diverged"):
             status.update(Text(f"{row.id} {row.status}: {row.error}", style="red"))
+        elif row is not None and row.note:
+            status.update(Text(f"{row.id} note: {row.note}", style="italic"))
         elif self.marked:
             status.update(f"{len(self.marked)} marked: {' '.join(self.marked)}  (c to compare)")
         else:
-            status.update("[dim]enter open · space mark · c compare · n launch · / filter · ? keys[/]")
+            status.update("[dim]enter open · space mark · t tags · c compare · n launch · / filter · ? keys[/]")
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._update_status()
@@ -359,14 +519,16 @@ class RunsScreen(Screen):
             self.marked.remove(row.id)
         else:
             self.marked.append(row.id)
-        table = self.query_one(DataTable)
-        mark = Text(MARK if row.id in self.marked else " ")
-        table.update_cell(row.id, "mark", mark)
-        if row.id in self._cells:
-            self._cells[row.id] = (mark,) + self._cells[row.id][1:]
-            self._cell_cache[row.id] = (row, row.id in self.marked, self._cells[row.id])
-        table.action_cursor_down()
+        self._render_table()  # only the mark changes (cached cells for the rest)
+        self.query_one(DataTable).action_cursor_down()
         self._update_status()
+
+    def action_notes(self) -> None:
+        row = self.cursor_run()
+        if row is None:
+            self.notify("Highlight a run first, then press t for its tags and note.", severity="warning")
+            return
+        self.app.edit_notes(row.id, row.tags, row.note)
 
     def action_compare(self) -> None:
         if len(self.marked) < 2:
