@@ -189,7 +189,7 @@ class RunsScreen(Screen):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        self._set_columns(fit_columns({key: Text(label).cell_len for key, label in COLUMNS}, self._table_width(0)))
+        self._set_columns(fit_columns({key: cell_len(label) for key, label in COLUMNS}, self._table_width(0)))
         self.query_one("#filter").display = False
         table.focus()
         self._timer = self.set_interval(self.app.poll_interval, self.poll)
