@@ -642,13 +642,17 @@ def stop(
 def resume(
     run_ref: Annotated[str, typer.Argument(metavar="RUN")],
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background.")] = False,
+    nproc: Annotated[
+        Optional[int],
+        typer.Option("--nproc", help="Resume on another number of processes (the per-process batch changes)."),
+    ] = None,
     runs: RunsOption = None,
 ) -> None:
     """Continue a stopped, crashed or failed run from its last checkpoint to its configured end."""
     from rrdtui.launcher import resume as resume_runs
 
     store = open_store(runs)
-    ids, proc = resume_runs(store, run_ref, detach=detach)
+    ids, proc = resume_runs(store, run_ref, detach=detach, nproc=nproc)
     if detach:
         announce_detached(store, ids)
         return

@@ -37,8 +37,9 @@ class DataConfig:
     num_classes: int = 10  # synthetic only
     train_size: int = 5000  # synthetic only
     val_size: int = 1000  # synthetic only
-    data_seed: int = 0  # the synthetic data's seed, and the choice of a train_limit subset
+    data_seed: int = 0  # the synthetic data's seed, and the choice of the holdout, train_limit and probe images
     train_limit: int | None = None  # train on a fixed random subset of this many images (quick studies)
+    holdout: int = 0  # hold out this many training images (stratified) to choose the best epoch on; 0 = off
     image_size: int = 32  # folder data sets and transfer probes
     val_split: float = 0.1  # imagefolder without a val/ folder
     probe_size: int = 256  # fixed validation images for the teacher-student similarity statistics
@@ -77,6 +78,10 @@ class MethodConfig:
     crd_nce_t: float = 0.07
     crd_momentum: float = 0.5
     crd_negatives: int = 16384
+    # With several processes: RRD's queue and CRD's memory take the keys of every process's share of
+    # the batch (gathered in rank order, as MoCo's concat_all_gather), as one process would; false
+    # keeps a queue per process, as the authors' ImageNet code does.
+    gather: bool = True
     # Settings of the chosen method beyond those above, declared (with defaults) in its module's SPEC.
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -88,6 +93,10 @@ class OptimConfig:
     weight_decay: float = 5e-4
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     lr_decay: float = 0.1
+    # The linear scaling rule, opted into: optim.lr is the rate for a global batch of this many images
+    # and the run trains at lr x train.batch_size / lr_base_batch. None: optim.lr as it is, whatever
+    # the batch and the number of processes (nothing is ever scaled silently).
+    lr_base_batch: int | None = None
 
 
 @dataclass
@@ -100,6 +109,22 @@ class TrainConfig:
     amp: str = "auto"  # bf16 autocast on CUDA when "auto"; "bf16" or "off" to force
     channels_last: bool = True  # CUDA and CPU (oneDNN convolutions also prefer it)
     compile: bool = False  # torch.compile the student's step
+    # The frozen teacher's forward: fp32 (exact targets, even inside the student's bf16 autocast) or
+    # bf16 (autocast, on CUDA and, emulated, on the CPU). README, "Precision and CUDA graphs".
+    teacher_dtype: str = "fp32"
+    cuda_graphs: bool = False  # capture the whole training step as a CUDA graph (rrdtui/train/graphs.py)
+    # Several processes (README, "Several GPUs and several nodes"): torchrun starts train.nproc
+    # processes on each of train.nnodes nodes, one GPU each on CUDA. train.batch_size stays the global
+    # batch, split evenly across them, so the result does not depend on how many there are.
+    nproc: int = 1  # processes on this node
+    nnodes: int = 1  # nodes; more than one needs rdzv_endpoint
+    rdzv_endpoint: str | None = None  # host:port of the c10d rendezvous that the nodes join
+    sync_bn: bool = True  # BatchNorm statistics over the global batch (only acts with several processes)
+
+    @property
+    def world_size(self) -> int:
+        """How many processes train the run."""
+        return self.nproc * self.nnodes
 
 
 @dataclass
@@ -122,6 +147,11 @@ class Config:
         """True when the method needs a teacher."""
         return self.method.name != "none"
 
+    @property
+    def lr(self) -> float:
+        """The learning rate the run trains at (before the milestones' decay)."""
+        return effective_lr(self.optim.lr, self.train.batch_size, self.optim.lr_base_batch)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -134,7 +164,29 @@ class Config:
 COSMETIC_KEYS = {
     "name", "description", "group", "paper", "train.device", "train.log_every", "train.eval_batch_size",
     "data.workers", "data.root",
+    # How many processes train a run does not change what it learns (the global batch is the same;
+    # tests/test_distributed.py): a teacher trained on 8 GPUs serves a student trained on one.
+    "train.nproc", "train.nnodes", "train.rdzv_endpoint",
 }  # fmt: skip
+
+
+def effective_lr(lr: float, batch_size: int, base_batch: int | None) -> float:
+    """optim.lr, scaled linearly to the global batch when optim.lr_base_batch opts into the rule."""
+    return lr * batch_size / base_batch if base_batch else lr
+
+
+def world_summary(config: dict[str, Any]) -> str:
+    """A resolved configuration's processes, global batch and learning rate, in one line (for `show`
+    and the dashboard): '2 processes (1 node x 2), global batch 64 (32 each), lr 0.05'."""
+    train, optim = config.get("train") or {}, config.get("optim") or {}
+    nproc, nnodes, batch = train.get("nproc", 1), train.get("nnodes", 1), train.get("batch_size", 64)
+    world = nproc * nnodes
+    lr = effective_lr(optim.get("lr", 0.05), batch, optim.get("lr_base_batch"))
+    scaled = f" (optim.lr {optim.get('lr')} x {batch}/{optim['lr_base_batch']})" if optim.get("lr_base_batch") else ""
+    if world == 1:
+        return f"1 process, batch {batch}, lr {lr:g}{scaled}"
+    nodes = f"{nnodes} nodes" if nnodes > 1 else "1 node"
+    return f"{world} processes ({nodes} x {nproc}), global batch {batch} ({batch // world} each), lr {lr:g}{scaled}"
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -287,6 +339,37 @@ def _method_options(given: dict[str, Any], declared: dict[str, Any], method: str
     return resolved
 
 
+def _check_world(cfg: Config) -> None:
+    """Several processes: a batch that splits evenly, a rendezvous for several nodes, a device each."""
+    train = cfg.train
+    if cfg.optim.lr_base_batch is not None:
+        _check_positive("optim.lr_base_batch", cfg.optim.lr_base_batch)
+    if train.nnodes > 1 and not (train.rdzv_endpoint and re.fullmatch(r"[^\s:]+:[0-9]+", train.rdzv_endpoint)):
+        raise ConfigError(
+            f"train.nnodes {train.nnodes} needs train.rdzv_endpoint, the host:port every node reaches "
+            f"(e.g. --set train.rdzv_endpoint=node01:29500), got {train.rdzv_endpoint!r}"
+        )
+    world = train.world_size
+    if world == 1:
+        return
+    shape = f"train.nproc {train.nproc} x train.nnodes {train.nnodes}"
+    if train.batch_size % world:
+        raise ConfigError(
+            f"train.batch_size {train.batch_size} does not split evenly over {world} processes ({shape}): "
+            f"the global batch is divided among them, so choose a multiple of {world}"
+        )
+    if train.cuda_graphs:
+        raise ConfigError(
+            f"train.cuda_graphs captures one process's step; with {world} processes ({shape}) DDP's "
+            "communication is not captured: leave train.cuda_graphs off"
+        )
+    if re.fullmatch(r"cuda:[0-9]+", train.device) or train.device == "mps":
+        raise ConfigError(
+            f"train.device {train.device} names one device but {world} processes train ({shape}): "
+            "use auto or cuda (each process takes the GPU of its local rank) or cpu"
+        )
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError for the first problem found; fill the method's default loss weights."""
     _check_choice("method.name", cfg.method.name, method_names())
@@ -296,8 +379,9 @@ def validate(cfg: Config) -> None:
         _check_choice("teacher.arch", cfg.teacher.arch, ARCHS)
     _check_choice("method.enqueue", cfg.method.enqueue, ("after", "before"))
     _check_choice("train.amp", cfg.train.amp, ("auto", "bf16", "off"))
+    _check_choice("train.teacher_dtype", cfg.train.teacher_dtype, ("fp32", "bf16"))
     device = cfg.train.device
-    if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")):
+    if not (device in ("auto", "cpu", "mps") or re.fullmatch(r"cuda(:[0-9]+)?", device)):
         raise ConfigError(f"train.device: unknown value '{device}' (choose from auto, cpu, cuda, cuda:N, mps)")
 
     for key in ("tau_s", "tau_t", "kd_T", "crd_nce_t"):
@@ -324,12 +408,26 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.milestones must be increasing positive epochs, got {cfg.optim.milestones}")
     _check_positive("optim.lr_decay", cfg.optim.lr_decay)
 
-    for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "log_every", "nproc", "nnodes"):
         _check_positive(f"train.{key}", getattr(cfg.train, key))
+    _check_world(cfg)
+    # A milestone past the last epoch is never reached: the decay the preset asks for never comes
+    # (typically a short train.epochs under the default 150/180/210). One at train.epochs is the
+    # end of training, the usual way quick runs say "no decay", and passes.
+    late = [m for m in cfg.optim.milestones if m > cfg.train.epochs]
+    if late:
+        kept = ",".join(str(m) for m in cfg.optim.milestones if m <= cfg.train.epochs)
+        raise ConfigError(
+            f"optim.milestones {cfg.optim.milestones}: {late[0]} is beyond the last epoch (train.epochs "
+            f"{cfg.train.epochs}), so the learning rate never decays there: lower optim.milestones "
+            f"(e.g. --set optim.milestones=[{kept}]) or raise train.epochs to at least {late[-1]}"
+        )
     for key in ("num_classes", "train_size", "val_size", "image_size", "probe_size"):
         _check_positive(f"data.{key}", getattr(cfg.data, key))
     if cfg.data.train_limit is not None:
         _check_positive("data.train_limit", cfg.data.train_limit)
+    if cfg.data.holdout < 0:
+        raise ConfigError(f"data.holdout must be >= 0 (0 = no holdout), got {cfg.data.holdout}")
     if cfg.data.name == "synthetic" and cfg.data.num_classes < 2:
         raise ConfigError(f"data.num_classes must be at least 2, got {cfg.data.num_classes}")
     if not 0 < cfg.data.val_split < 1:
@@ -337,10 +435,11 @@ def validate(cfg: Config) -> None:
     if cfg.data.workers < 0:
         raise ConfigError(f"data.workers must be >= 0, got {cfg.data.workers}")
     if cfg.data.name == "synthetic" and info.losses == ("rrd",):
-        if cfg.method.queue_size > cfg.data.train_size:
+        trained = cfg.data.train_size - cfg.data.holdout  # the held-out images are not trained on
+        if cfg.method.queue_size > trained:
             raise ConfigError(
                 f"method.queue_size ({cfg.method.queue_size}) is larger than the training set "
-                f"({cfg.data.train_size} images): lower method.queue_size"
+                f"({trained} images): lower method.queue_size"
             )
 
     refs = [k for k in ("checkpoint", "run", "preset") if getattr(cfg.teacher, k)]

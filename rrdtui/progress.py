@@ -10,11 +10,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column
+
+if TYPE_CHECKING:
+    from rrdtui.store import Store
 
 POLL_SECONDS = 0.5
 # The widest "H:MM:SS" the time-left column shows (runs under 100 hours), and the id before the bar.

@@ -2,15 +2,17 @@
 
     python -m rrdtui.train.bench PRESET [--device cpu|cuda] [--steps N] [--warmup N] [--json]
                                         [--set key=value ...] [--flops] [--ref-workers N]
-                                        [--threads N] [--rounds N]
+                                        [--threads N] [--rounds N] [--no-reference]
+                                        [--compile-mode default|reduce-overhead]
 
 Both loops train the same models (the preset's student, and a teacher of the preset's teacher
 architecture with random weights) with the same Method module, on the same uint8 images:
 
 - ours: `loop.build` + `MemorySource.epoch` batches (the data set on the device, cropped, flipped
-  and normalised there) + `loop.train_step`, with the loop's device-side accumulators; bf16 autocast
-  (CUDA) and channels_last (CUDA and CPU) as the loop uses them; no host synchronisation inside the
-  timed window.
+  and normalised there) + the loop's step (`loop.train_step`, or its CUDA graph with
+  `--set train.cuda_graphs=true`), with the loop's device-side accumulators; bf16 autocast (CUDA),
+  the teacher in `train.teacher_dtype`, and channels_last (CUDA and CPU) as the loop uses them; no
+  host synchronisation inside the timed window.
 - reference: what RepDistiller's train_student.py does: a torch DataLoader over PIL images with
   torchvision's RandomCrop(padding=4), RandomHorizontalFlip, ToTensor and Normalize, 8 workers on a
   GPU, fp32, no channels_last, cudnn.benchmark on, and `loss.item()` after every step.
@@ -21,7 +23,9 @@ synchronised only at the start and end of each window. Both loops share one proc
 thread count and one OpenMP wait policy (passive by default here, see below). Also reported: the
 projected time of the preset's full run at our speed (its real data set's size), peak memory, the
 time of `rrd_loss` alone at the preset's queue size and batch, and with --flops the multiply-adds of
-one step counted by forward hooks and the arithmetic ceiling.
+one step counted by forward hooks and the arithmetic ceiling. --no-reference times ours alone (the
+GPU check's comparisons of step modes); --compile-mode reduce-overhead is train.compile with
+torch.compile's reduce-overhead mode (its CUDA graphs of the compiled models).
 
 Errors a user can fix print one line `rrdtui: error: ...` on stderr and exit with code 2.
 """
@@ -56,7 +60,8 @@ from rrdtui.losses import rrd_loss
 from rrdtui.train import datasets
 from rrdtui.train.data import DataError, InMemoryData, load_data
 from rrdtui.registry import method_info
-from rrdtui.train.loop import Setup, TrainError, build, forward_batch, pick_device, train_step
+from rrdtui.train.graphs import make_step
+from rrdtui.train.loop import Setup, TrainError, build, forward_batch, pick_device
 from rrdtui.train.models import build_model
 from rrdtui.train.sources import batches_per_epoch
 
@@ -162,6 +167,29 @@ def write_random_teacher(cfg: Config, data: InMemoryData, folder: Path) -> str:
     return str(path)
 
 
+def bench_inputs(cfg: Config, folder: Path) -> tuple[InMemoryData, str | None]:
+    """The benchmark's data and, when the method distils, a random teacher saved in folder; sets
+    cfg.teacher.arch, what build's load_teacher reads (the launcher sets it the same way)."""
+    data = bench_data(cfg)
+    cfg.teacher.arch = teacher_arch(cfg) if cfg.distills else None
+    return data, (write_random_teacher(cfg, data, folder) if cfg.distills else None)
+
+
+def use_compile_mode(cfg: Config, mode: str | None) -> None:
+    """train.compile in torch.compile's `mode`: reduce-overhead is the default mode plus inductor's
+    CUDA graphs (what torch.compile(mode="reduce-overhead") sets), which the loop's compile takes
+    from inductor's configuration."""
+    if mode is None:
+        return
+    if mode not in ("default", "reduce-overhead"):
+        raise BenchError(f"--compile-mode must be default or reduce-overhead, got '{mode}'")
+    cfg.train.compile = True
+    if mode == "reduce-overhead":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.triton.cudagraphs = True
+
+
 # ---------------------------------------------------------------------------------------------
 # Ours: the loop's build + MemorySource batches + train_step
 # ---------------------------------------------------------------------------------------------
@@ -173,13 +201,16 @@ def synchronise(device: torch.device) -> None:
 
 
 class FastLoop:
-    """Our training loop's per-step work: a MemorySource batch, train_step, the device accumulators."""
+    """Our training loop's per-step work: a MemorySource batch, the loop's step, the device accumulators."""
 
     def __init__(self, setup: Setup):
         self.setup = setup
         self.batches = self._batches()
         self.weights = list(setup.method.weights)
         self.interval = torch.zeros(len(self.weights) + 2, device=setup.device, dtype=torch.float64)
+        self.train_step = make_step(setup)  # train_step, or its CUDA graph (train.cuda_graphs)
+        # Inductor's CUDA graphs (reduce-overhead) reuse their output memory: each step is a new one.
+        self.mark_steps = setup.cfg.train.compile and bool(_inductor_cudagraphs())
         setup.train_mode()
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -190,10 +221,18 @@ class FastLoop:
 
     def step(self) -> int:
         x, y, index = next(self.batches)
-        loss, terms, correct = train_step(self.setup, x, y, index)
+        if self.mark_steps:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, terms, correct = self.train_step(self.setup, x, y, index)
         parts = [loss.detach().double()] + [terms[k].detach().double() for k in self.weights] + [correct.double()]
         self.interval.add_(torch.stack(parts))
         return index.shape[0]
+
+
+def _inductor_cudagraphs() -> bool:
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.triton.cudagraphs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +284,9 @@ def reference_loader(
 
 def reference_setup(cfg: Config, teacher_path: str | None, data: InMemoryData, device: torch.device) -> Setup:
     """The same models, Method and optimiser as ours (built by the same code), without our speed-ups."""
-    plain = dataclasses.replace(cfg.train, amp="off", channels_last=False, compile=False)
+    plain = dataclasses.replace(
+        cfg.train, amp="off", channels_last=False, compile=False, teacher_dtype="fp32", cuda_graphs=False
+    )
     return build(dataclasses.replace(cfg, train=plain), teacher_path, data, device)
 
 
@@ -317,6 +358,18 @@ def timed_rounds(loops: dict, device: torch.device, steps: int, rounds: int) -> 
             synchronise(device)
             seconds[name] += time.perf_counter() - start
     return {name: images[name] / seconds[name] for name in loops}
+
+
+def timed_for(loop, device: torch.device, seconds: float) -> tuple[int, float]:
+    """(images, seconds) of one warmed-up loop that issues steps for `seconds` of wall time, then lets
+    the device finish them: trainers packed on one GPU, each timed over the same window."""
+    synchronise(device)
+    start = time.perf_counter()
+    images = 0
+    while time.perf_counter() - start < seconds:
+        images += loop.step()
+    synchronise(device)
+    return images, time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,6 +480,8 @@ class Options:
     ref_workers: int | None = None  # default: 8 on CUDA (RepDistiller's), 0 on the CPU
     threads: int | None = None  # torch threads for both loops; default torch's own
     rounds: int | None = None  # alternating timed windows; default 5 on the CPU, 1 on CUDA
+    reference: bool = True  # time the reference loop too (False: ours alone, no ratio)
+    compile_mode: str | None = None  # default or reduce-overhead: train.compile in that mode
 
 
 def run(opts: Options) -> dict:
@@ -438,16 +493,17 @@ def run(opts: Options) -> dict:
         if value is not None and value < (0 if name == "ref_workers" else 1):
             raise BenchError(f"--{name.replace('_', '-')} must be at least {0 if name == 'ref_workers' else 1}")
     cfg = load_preset(opts.preset, list(opts.overrides))
+    use_compile_mode(cfg, opts.compile_mode)
     if opts.device and opts.device.startswith("cuda") and not torch.cuda.is_available():
         raise BenchError(f"--device {opts.device} but no CUDA device is available: use --device cpu")
     device = pick_device(opts.device or cfg.train.device)
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    data = bench_data(cfg)
-    teacher = teacher_arch(cfg) if cfg.distills else None
-    cfg.teacher.arch = teacher  # what build's load_teacher reads (the launcher sets it the same way)
     workers = opts.ref_workers if opts.ref_workers is not None else (8 if device.type == "cuda" else 0)
     rounds = min(opts.steps, opts.rounds or (1 if device.type == "cuda" else 5))
+    tmp = tempfile.TemporaryDirectory(prefix="rrdtui-bench-")
+    data, teacher_path = bench_inputs(cfg, Path(tmp.name))
+    teacher = cfg.teacher.arch
     images_cpu = dataclasses.replace(data)  # the CPU tensors, for the reference loader (build moves data's)
     result: dict = {
         "preset": opts.preset,
@@ -466,10 +522,11 @@ def run(opts: Options) -> dict:
         "warmup": opts.warmup,
         "rounds": rounds,
         "compile": cfg.train.compile,
-        "reference_workers": workers,
+        "compile_mode": (opts.compile_mode or "default") if cfg.train.compile else None,
+        "teacher_dtype": cfg.train.teacher_dtype if teacher else None,
+        "reference_workers": workers if opts.reference else None,
     }
-    with tempfile.TemporaryDirectory(prefix="rrdtui-bench-") as tmp:
-        teacher_path = write_random_teacher(cfg, data, Path(tmp)) if teacher else None
+    with tmp:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         setup = build(cfg, teacher_path, data, device)
@@ -478,13 +535,18 @@ def run(opts: Options) -> dict:
         fast = FastLoop(setup)
         warm_up(fast, device, opts.warmup)
         result["peak_mem_mb"], result["peak_mem_kind"] = peak_memory_mb(device)
-        ref_setup = reference_setup(cfg, teacher_path, dataclasses.replace(images_cpu), device)
-        reference = ReferenceLoop(ref_setup, images_cpu, workers, opts.warmup + opts.steps)
-        warm_up(reference, device, opts.warmup)
+        loops = {"fast": fast}
+        if opts.reference:
+            ref_setup = reference_setup(cfg, teacher_path, dataclasses.replace(images_cpu), device)
+            loops["reference"] = ReferenceLoop(ref_setup, images_cpu, workers, opts.warmup + opts.steps)
+            warm_up(loops["reference"], device, opts.warmup)
         try:
-            rates = timed_rounds({"fast": fast, "reference": reference}, device, opts.steps, rounds)
+            rates = timed_rounds(loops, device, opts.steps, rounds)
         finally:
-            reference.close()
+            if opts.reference:
+                loops["reference"].close()
+        # After the timed steps: the graph is captured (or given up) during the warm-up.
+        result["cuda_graphs"] = getattr(fast.train_step, "status", "off")
 
     real_n = real_train_size(cfg)
     full_steps = cfg.train.epochs * batches_per_epoch(real_n, cfg.train.batch_size)
@@ -492,8 +554,8 @@ def run(opts: Options) -> dict:
     rrd_ms = measure_rrd_loss(cfg, device)
     result.update(
         fast_img_s=rates["fast"],
-        reference_img_s=rates["reference"],
-        ratio=rates["fast"] / rates["reference"],
+        reference_img_s=rates.get("reference"),
+        ratio=rates["fast"] / rates["reference"] if opts.reference else None,
         real_train_images=real_n,
         full_run_steps=full_steps,
         full_run_s=full_steps * step_s,
@@ -535,10 +597,16 @@ def report(r: dict) -> str:
         f"data: {r['bench_images']} {r['data']}-shaped images in memory; per loop {r['warmup']} warm-up steps, "
         f"then {r['steps']} timed steps in {r['rounds']} alternating round(s)",
         f"  ours        {r['fast_img_s']:10.1f} img/s   (in-memory uint8 on the device, {r['amp']}, "
-        f"channels_last {'on' if r['channels_last'] else 'off'}, compile {'on' if r['compile'] else 'off'})",
-        f"  reference   {r['reference_img_s']:10.1f} img/s   (DataLoader, {r['reference_workers']} workers, PIL + "
-        "torchvision transforms, fp32, loss.item() every step)",
-        f"  ratio       {r['ratio']:10.2f}x",
+        f"channels_last {'on' if r['channels_last'] else 'off'}, compile {r['compile_mode'] or 'off'}, "
+        f"CUDA graphs {r['cuda_graphs']}" + (f", teacher {r['teacher_dtype']})" if r["teacher"] else ")"),
+    ]
+    if r["reference_img_s"] is not None:
+        lines += [
+            f"  reference   {r['reference_img_s']:10.1f} img/s   (DataLoader, {r['reference_workers']} workers, "
+            "PIL + torchvision transforms, fp32, loss.item() every step)",
+            f"  ratio       {r['ratio']:10.2f}x",
+        ]
+    lines += [
         f"  full run    {r['full_run_s']:10.1f} s       ({r['full_run_steps']} steps: epochs x "
         f"{r['real_train_images']} real training images / batch, at our speed)",
         f"  peak memory {r['peak_mem_mb']:10.1f} MB      ({r['peak_mem_kind']})",
@@ -571,10 +639,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, bool]:
     parser.add_argument("--ref-workers", type=int, help="reference DataLoader workers (default 8 on CUDA, 0 on CPU)")
     parser.add_argument("--threads", type=int, help="torch threads for both loops (default: torch's)")
     parser.add_argument("--rounds", type=int, help="alternating timed windows (default 5 on CPU, 1 on CUDA)")
+    parser.add_argument("--no-reference", dest="reference", action="store_false", help="time our loop alone")
+    parser.add_argument("--compile-mode", choices=("default", "reduce-overhead"), help="train.compile in this mode")
     args = parser.parse_args(argv)
     opts = Options(
         args.preset, args.device, args.steps, args.warmup, tuple(args.overrides), args.flops,
-        args.ref_workers, args.threads, args.rounds,
+        args.ref_workers, args.threads, args.rounds, args.reference, args.compile_mode,
     )  # fmt: skip
     return opts, args.json
 

@@ -71,14 +71,16 @@ def disk_full_error(path: Path) -> CheckpointError:
     )
 
 
-def save_atomic(obj: dict[str, Any], path: Path) -> None:
+def save_atomic(obj: dict[str, Any], path: Path, tmp_suffix: str = ".tmp") -> None:
     """Write obj to path so that a crash or a full disk never leaves a half-written file behind.
 
     A write the disk has no room for (ENOSPC or EDQUOT, or torch's own report of a short write)
-    raises CheckpointError saying so; the earlier file at path is left as it was.
+    raises CheckpointError saying so; the earlier file at path is left as it was. Writers that may
+    race for the same path (not a run's own files: one trainer owns those) pass a tmp_suffix of
+    their own.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + tmp_suffix)
     try:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)

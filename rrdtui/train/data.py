@@ -30,6 +30,10 @@ class InMemoryData:
     std: tuple[float, ...]
     augment: str  # "crop_flip" | "flip" | "none"
     class_names: list[str] | None = None
+    crop_padding: int = 4  # the random crop's zero padding (CIFAR's 4 pixels)
+    # Training images held out for model selection (data.holdout), None without a holdout.
+    holdout_x: torch.Tensor | None = None
+    holdout_y: torch.Tensor | None = None
 
     @property
     def channels(self) -> int:
@@ -38,6 +42,15 @@ class InMemoryData:
     @property
     def image_size(self) -> int:
         return int(self.train_x.shape[-1])
+
+    def train_labels(self) -> torch.Tensor:
+        return self.train_y
+
+    def keep_train(self, keep: torch.Tensor) -> None:
+        self.train_x, self.train_y = self.train_x[keep], self.train_y[keep]
+
+    def hold_out(self, pick: torch.Tensor) -> None:
+        self.holdout_x, self.holdout_y = self.train_x[pick], self.train_y[pick]
 
 
 @dataclass
@@ -49,6 +62,21 @@ class StreamingData:
     val_set: torch.utils.data.Dataset
     num_classes: int
     class_names: list[str] | None = None
+    holdout_set: torch.utils.data.Dataset | None = None  # data.holdout's images, without train augmentation
+
+    def train_labels(self) -> torch.Tensor:
+        return torch.as_tensor(self.train_set.targets)
+
+    def keep_train(self, keep: torch.Tensor) -> None:
+        from rrdtui.train.datasets import folder_subset
+
+        self.train_set = folder_subset(self.train_set, keep.tolist())
+
+    def hold_out(self, pick: torch.Tensor) -> None:
+        from rrdtui.train.datasets import folder_subset
+
+        # Held-out images are evaluated like validation images: the val transform, no augmentation.
+        self.holdout_set = folder_subset(self.train_set, pick.tolist(), self.val_set.transform)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,9 +185,9 @@ class BatchAugment:
     no host synchronisation.
     """
 
-    def __init__(self, data: InMemoryData, device: torch.device, padding: int = 4):
+    def __init__(self, data: InMemoryData, device: torch.device):
         self.mode = data.augment
-        self.padding = padding
+        self.padding = data.crop_padding
         self.size = data.image_size
         self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1) * 255.0
@@ -168,29 +196,43 @@ class BatchAugment:
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
 
-    def train(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augment a uint8 batch (B x C x H x W) and normalise it."""
+    def train(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, rows: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Augment a uint8 batch (B x C x H x W) and normalise it.
+
+        `rows` (start, n): x is rows start.. of a global batch of n, one process's share of it. The
+        random draws are made for all n rows, as one process holding the whole batch makes them, and
+        this share's rows are used: every rank's generator stays in step, and each image is
+        augmented as it would be by one process.
+        """
+        start, n = rows or (0, x.shape[0])
         if self.mode == "crop_flip":
-            x = self.random_crop(x, generator)
+            x = self.random_crop(x, generator, start, n)
         if self.mode in ("crop_flip", "flip"):
-            x = self.random_flip(x, generator)
+            x = self.random_flip(x, generator, start, n)
         return self.normalise(x)
 
-    def random_crop(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def random_crop(
+        self, x: torch.Tensor, generator: torch.Generator | None, start: int = 0, n: int | None = None
+    ) -> torch.Tensor:
         # Zero padding, as torchvision's RandomCrop(padding=4) with fill=0, then one random
         # offset per sample in [0, 2*padding], gathered with advanced indexing in one kernel.
         b, c, h, w = x.shape
         p = self.padding
         padded = torch.nn.functional.pad(x, (p, p, p, p))
-        off = torch.randint(0, 2 * p + 1, (2, b), device=x.device, generator=generator)
+        off = torch.randint(0, 2 * p + 1, (2, n or b), device=x.device, generator=generator)[:, start : start + b]
         rows = (off[0][:, None] + self.arange[:h])[:, None, :, None]  # B,1,H,1
         cols = (off[1][:, None] + self.arange[:w])[:, None, None, :]  # B,1,1,W
         batch = torch.arange(b, device=x.device)[:, None, None, None]
         chans = torch.arange(c, device=x.device)[None, :, None, None]
         return padded[batch, chans, rows, cols]
 
-    def random_flip(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+    def random_flip(
+        self, x: torch.Tensor, generator: torch.Generator | None, start: int = 0, n: int | None = None
+    ) -> torch.Tensor:
+        b = x.shape[0]
+        flip = torch.rand(n or b, device=x.device, generator=generator)[start : start + b] < 0.5
         return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -205,14 +247,67 @@ def default_data_root() -> str:
     return os.environ.get("RRDTUI_DATA") or "data"
 
 
+def stratified_indices(labels: torch.Tensor, n: int, seed: int, leave: int = 0) -> torch.Tensor:
+    """n indices into labels (sorted), each class in proportion to its share, a fixed choice per seed.
+
+    Per class: its ideal share n * count / total, rounded down, at least one image when n reaches the
+    number of classes, then images handed out (or taken back) one at a time to the class furthest
+    from its share (largest remainders), so every count is within one image of its share when the
+    minimum of one does not distort it. `leave` images of each class are never picked.
+    """
+    labels = labels.cpu()
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(labels)
+    cap = (counts - leave).clamp(min=0)
+    if n > int(cap.sum()):
+        raise ValueError(f"cannot pick {n} of {int(cap.sum())} items")
+    ideal = counts.double() * n / len(labels)
+    quota = torch.minimum(ideal.floor().long(), cap)
+    present = cap > 0
+    if n >= int(present.sum()):
+        quota = torch.where(present, quota.clamp(min=1), quota)
+    # Ties go to classes in a random order (not always the first classes) when n < number of classes.
+    order = torch.randperm(len(counts), generator=gen)
+    while (short := n - int(quota.sum())) != 0:
+        step = 1 if short > 0 else -1
+        room = quota < cap if step > 0 else quota > 1
+        gap = torch.where(room, (ideal - quota) * step, -torch.inf)[order]
+        quota[order[int(gap.argmax())]] += step
+    # The first quota[c] images of each class in a random order of the whole set.
+    shuffled = torch.randperm(len(labels), generator=gen)
+    by_class = shuffled[torch.sort(labels[shuffled], stable=True).indices]
+    starts = (counts.cumsum(0) - counts).tolist()
+    picked = [by_class[s : s + q] for s, q in zip(starts, quota.tolist())]
+    return torch.cat(picked).sort().values
+
+
 def load_data(cfg) -> InMemoryData | StreamingData:
-    """The data set a DataConfig names, cut to data.train_limit training images when it is set."""
+    """The data set a DataConfig names, with data.holdout images held out and cut to data.train_limit.
+
+    Both choices follow data.data_seed, not the run's seed: every run of the same data trains and
+    selects on the same images. The holdout is carved from the full training set first and
+    train_limit then cuts what is left, so a quick study on fewer images is still judged on the same
+    held-out images as the full run.
+    """
     data = _load(cfg)
-    if cfg.train_limit is not None and isinstance(data, InMemoryData) and cfg.train_limit < data.train_x.shape[0]:
+    if cfg.holdout:
+        labels = data.train_labels()
+        classes = int((torch.bincount(labels) > 0).sum())
+        if cfg.holdout > len(labels) - classes:
+            raise DataError(
+                f"data.holdout ({cfg.holdout}) leaves a class without training images: the training set has "
+                f"{len(labels)} images in {classes} classes; set data.holdout to at most {len(labels) - classes}"
+            )
+        held = stratified_indices(labels, cfg.holdout, cfg.data_seed, leave=1)
+        rest = torch.ones(len(labels), dtype=torch.bool)
+        rest[held] = False
+        data.hold_out(held)
+        data.keep_train(torch.nonzero(rest).flatten())
+    n_train = len(data.train_labels())
+    if cfg.train_limit is not None and cfg.train_limit < n_train:
         # The same images for every run of the same data_seed, whatever the run's own seed.
         gen = torch.Generator().manual_seed(cfg.data_seed)
-        keep = torch.randperm(data.train_x.shape[0], generator=gen)[: cfg.train_limit].sort().values
-        data.train_x, data.train_y = data.train_x[keep], data.train_y[keep]
+        data.keep_train(torch.randperm(n_train, generator=gen)[: cfg.train_limit].sort().values)
     return data
 
 
@@ -233,7 +328,8 @@ def _load(cfg) -> InMemoryData | StreamingData:
     if cfg.name == "imagefolder":
         if not cfg.root:
             raise DataError("data.name imagefolder needs data.root: a folder of class sub-folders")
-        return datasets.load_image_folder(cfg.root, cfg.image_size, cfg.val_split, cfg.data_seed)
+        data = datasets.load_image_folder(cfg.root, cfg.image_size, cfg.val_split, cfg.data_seed)
+        return datasets.small_folder_in_memory(data, cfg.root, cfg.image_size)
     if cfg.name == "imagenet":
         return datasets.load_imagenet(root)
     if cfg.name == "stl10":

@@ -1,9 +1,10 @@
 """Loaders for the real data sets, each reading the format the data set is published in.
 
-Small data sets (CIFAR, Fashion-MNIST, STL-10, Tiny-ImageNet) are decoded once into uint8 tensors
-(``InMemoryData``) so the trainer can keep them on the device and augment whole batches there.
-Folder data sets too large for memory (ImageNet, any image folder) become torch Datasets that
-decode, augment and normalise per item (``StreamingData``).
+Small data sets (CIFAR, Fashion-MNIST, STL-10, Tiny-ImageNet, folders of small images) are decoded
+once into uint8 tensors (``InMemoryData``) so the trainer can keep them on the device and augment
+whole batches there; a folder's decoded images are cached beside it. Folder data sets too large for
+memory (ImageNet, folders of large images) become torch Datasets that decode, augment and normalise
+per item (``StreamingData``).
 
 Every failure a user can fix (a missing folder, a corrupt file, no network for a download) is
 raised as ``DataError`` with a single line naming what is missing and how to provide it, because
@@ -13,6 +14,8 @@ the message is shown as-is in the terminal UI and in the run's log.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import logging
 import os
 import pickle
 import socket
@@ -24,7 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rrdtui.train import checkpoint
 from rrdtui.train.data import DataError, InMemoryData, StreamingData
+
+log = logging.getLogger("rrdtui.train")
 
 # ImageNet statistics: used for every data set of natural photographs without its own.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -372,6 +378,10 @@ def load_fashion_mnist(root: str | None) -> InMemoryData:
 # ---------------------------------------------------------------------------------------------
 
 
+# Below this image size folder data sets are trained with the CIFAR recipe (see folder_transforms).
+SMALL_IMAGE_SIZE = 64
+
+
 def folder_transforms(image_size: int):
     """(train, val) torchvision transforms for photographs at ``image_size``.
 
@@ -382,7 +392,7 @@ def folder_transforms(image_size: int):
     from torchvision import transforms as T
 
     normalise = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    if image_size >= 64:
+    if image_size >= SMALL_IMAGE_SIZE:
         train = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
         val = [T.Resize(int(round(image_size / 0.875))), T.CenterCrop(image_size)]
     else:
@@ -391,8 +401,15 @@ def folder_transforms(image_size: int):
             T.RandomCrop(image_size, padding=image_size // 8),
             T.RandomHorizontalFlip(),
         ]
-        val = [T.Resize(image_size), T.CenterCrop(image_size)]
+        val = _small_geometry(image_size)
     return T.Compose(train + normalise), T.Compose(val + normalise)
+
+
+def _small_geometry(image_size: int) -> list:
+    """A small image's fixed geometry: shorter side to image_size, centre crop (no augmentation)."""
+    from torchvision import transforms as T
+
+    return [T.Resize(image_size), T.CenterCrop(image_size)]
 
 
 def _image_folder(root: Path, transform, classes: list[str] | None = None):
@@ -430,6 +447,20 @@ class TransformedSubset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         path, target = self.base.samples[self.indices[i]]
         return self.transform(self.base.loader(path)), target
+
+
+def folder_subset(dataset, indices: Sequence[int], transform=None) -> TransformedSubset:
+    """Items ``indices`` of an ImageFolder or a TransformedSubset, with its transform unless one is given."""
+    if isinstance(dataset, TransformedSubset):
+        return TransformedSubset(dataset.base, [dataset.indices[i] for i in indices], transform or dataset.transform)
+    return TransformedSubset(dataset, indices, transform or dataset.transform)
+
+
+def _samples(dataset) -> list[tuple[str, int]]:
+    """(path, label) of every item of an ImageFolder or a TransformedSubset, in item order."""
+    if isinstance(dataset, TransformedSubset):
+        return [dataset.base.samples[i] for i in dataset.indices]
+    return list(dataset.samples)
 
 
 def _class_dirs(folder: Path) -> list[str]:
@@ -665,8 +696,11 @@ def _tiny_val_files(folder: Path, wnids: list[str]) -> list[tuple[Path, int]]:
     return items
 
 
-def _load_images(paths: list[Path], image_size: int) -> np.ndarray:
-    """Decode and resize images to N x 3 x S x S uint8, in threads (PIL releases the GIL)."""
+def _load_images(paths: list[Path], image_size: int, fit: Callable | None = None) -> np.ndarray:
+    """Decode and resize images to N x 3 x S x S uint8, in threads (PIL releases the GIL).
+
+    ``fit`` (a PIL image to an S x S PIL image) replaces the plain resize to S x S.
+    """
     from PIL import Image
 
     out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
@@ -675,7 +709,9 @@ def _load_images(paths: list[Path], image_size: int) -> np.ndarray:
         try:
             with Image.open(paths[i]) as img:
                 img = img.convert("RGB")  # a few Tiny-ImageNet images are greyscale
-                if img.size != (image_size, image_size):
+                if fit is not None:
+                    img = fit(img)
+                elif img.size != (image_size, image_size):
                     # PIL's bilinear resize widens its filter when shrinking, i.e. it antialiases.
                     img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
                 out[i] = np.asarray(img)
@@ -721,3 +757,106 @@ def load_tiny_imagenet(root: str, image_size: int) -> InMemoryData:
         augment="crop_flip",
         class_names=[words.get(w, w) for w in wnids],
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Small image folders: decoded once, cached, and trained in memory like CIFAR
+# ---------------------------------------------------------------------------------------------
+
+# Small images' decoded pixels (uint8) up to this size are held in memory (and on the device).
+FOLDER_CACHE_MAX_BYTES = 2 << 30
+# Part of every cache key: a change to how images are decoded makes older caches stale.
+FOLDER_CACHE_VERSION = 1
+
+
+def small_folder_in_memory(data: StreamingData, root: str, image_size: int) -> InMemoryData | StreamingData:
+    """A folder of small images as InMemoryData, read from its cache or decoded (and cached) once.
+
+    Small means smaller than SMALL_IMAGE_SIZE, the sizes folder_transforms trains with the CIFAR
+    recipe (resize, centre crop, then a random crop with image_size // 8 of padding and a flip: what
+    BatchAugment does on the device), and all of the folder's images within FOLDER_CACHE_MAX_BYTES.
+    Anything larger (ImageNet) keeps streaming from disk.
+    """
+    train, val = _samples(data.train_set), _samples(data.val_set)
+    files = sorted({path for path, _ in train + val})
+    if image_size >= SMALL_IMAGE_SIZE or len(files) * 3 * image_size**2 > FOLDER_CACHE_MAX_BYTES:
+        return data
+    images = _cached_images(Path(root).expanduser().absolute(), files, image_size)
+    row = {path: i for i, path in enumerate(files)}
+
+    def split(samples: list[tuple[str, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.tensor([row[path] for path, _ in samples], dtype=torch.long)
+        return images[index], torch.tensor([label for _, label in samples], dtype=torch.long)
+
+    train_x, train_y = split(train)
+    val_x, val_y = split(val)
+    return InMemoryData(
+        name=data.name,
+        train_x=train_x,
+        train_y=train_y,
+        val_x=val_x,
+        val_y=val_y,
+        num_classes=data.num_classes,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        augment="crop_flip",
+        class_names=data.class_names,
+        crop_padding=image_size // 8,  # as the streamed folder's RandomCrop
+    )
+
+
+def _cache_places(root: Path, image_size: int, key: str) -> list[Path]:
+    """Where a folder's cache may be: a file beside the data (a file: ImageFolder would take a
+    folder for a class), else in the user's cache folder when the data's folder is read-only."""
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rrdtui"
+    folder_tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    return [root / f".rrdtui-cache-{image_size}px-{key}.pt", user / f"folder-{folder_tag}-{image_size}px-{key}.pt"]
+
+
+def _cached_images(root: Path, files: list[str], image_size: int) -> torch.Tensor:
+    """The decoded images of ``files`` (N x 3 x S x S uint8), from the cache when it is current.
+
+    The key covers every file's name, size and modification time and the image size: a folder
+    that changed in any of them is decoded again.
+    """
+    names = [os.path.relpath(f, root) for f in files]
+    digest = hashlib.sha256(f"rrdtui folder cache v{FOLDER_CACHE_VERSION} {image_size}px".encode())
+    for name, f in zip(names, files):
+        st = os.stat(f)
+        digest.update(f"\n{name}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+    places = _cache_places(root, image_size, digest.hexdigest()[:20])
+    for path in places:
+        try:
+            cached = torch.load(path, weights_only=True)
+            if cached["files"] == names:
+                return cached["images"]
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # cut short or not ours: decoded again and rewritten below
+            log.warning("folder cache %s is unreadable (%s); decoding the images again", path, _reason(exc))
+    from torchvision import transforms as T
+
+    # The geometry of the streamed validation images, so cached and streamed pixels agree.
+    fit = T.Compose(_small_geometry(image_size))
+    images = torch.from_numpy(np.ascontiguousarray(_load_images([Path(f) for f in files], image_size, fit)))
+    _write_cache({"files": names, "images": images}, places)
+    return images
+
+
+def _write_cache(cache: dict, places: list[Path]) -> None:
+    """Write the cache to the first place that takes it, removing that place's stale caches."""
+    for path in places:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Its own temporary file: trainers started together on one folder each write a whole cache.
+            checkpoint.save_atomic(cache, path, tmp_suffix=f".{os.getpid()}.tmp")
+        except (OSError, checkpoint.CheckpointError) as exc:
+            log.info("cannot write the folder cache %s (%s)", path, _reason(exc))
+            continue
+        prefix = path.name[: path.name.rindex("-") + 1]  # the same folder and image size, older contents
+        for stale in path.parent.glob(f"{prefix}*.pt"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
+        log.info("folder images cached in %s", path)
+        return
+    log.warning("the folder's images could not be cached (%s); they are decoded again next time", places[-1].parent)

@@ -7,6 +7,7 @@ every step; bf16 autocast and channels_last on CUDA; the teacher runs without au
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from rrdtui.config import Config
 from rrdtui.train import checkpoint
 from rrdtui.train.data import load_data
+from rrdtui.train.distributed import SINGLE, Group
 from rrdtui.registry import method_info
 from rrdtui.train.methods.base import Context, FirstStage, Forward, Method, MethodError, build_method
 from rrdtui.train.models import build_model
@@ -73,6 +75,20 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def process_device(cfg: Config, group: Group) -> torch.device:
+    """The device this process trains on: train.device, and with several processes on CUDA the GPU
+    of this process's local rank (one GPU each)."""
+    device = pick_device(cfg.train.device)
+    if device.type != "cuda" or group.world == 1:
+        return device
+    if group.local_rank >= torch.cuda.device_count():
+        raise TrainError(
+            f"train.nproc {cfg.train.nproc} starts a process per GPU but this node has "
+            f"{torch.cuda.device_count()} GPU(s): lower train.nproc"
+        )
+    return torch.device("cuda", group.local_rank)
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     env = {
         "python": platform.python_version(),
@@ -97,15 +113,30 @@ def environment(device: torch.device) -> dict[str, Any]:
 def learning_rate(cfg: Config, epoch: int) -> float:
     """Multi-step schedule: lr times lr_decay for each milestone reached (epochs are 0-based)."""
     passed = sum(1 for m in cfg.optim.milestones if epoch >= m)
-    return cfg.optim.lr * cfg.optim.lr_decay**passed
+    return cfg.lr * cfg.optim.lr_decay**passed
 
 
-def load_teacher(arch: str, path: str, num_classes: int, in_channels: int) -> nn.Module:
-    """The frozen teacher, read by rrdtui.train.teacher (the CLI's preflight reads it the same way)."""
-    try:
-        return _load_teacher(arch, path, num_classes, in_channels)
-    except checkpoint.CheckpointError as exc:
-        raise TrainError(str(exc)) from None
+def load_teacher(arch: str, path: str, num_classes: int, in_channels: int, group: Group = SINGLE) -> nn.Module:
+    """The frozen teacher, read by rrdtui.train.teacher (the CLI's preflight reads it the same way).
+
+    With several processes rank 0 reads the file and sends the weights to the others (their nodes
+    need not see it)."""
+    teacher = None
+
+    def read() -> dict:
+        nonlocal teacher
+        try:
+            teacher = _load_teacher(arch, path, num_classes, in_channels)
+        except checkpoint.CheckpointError as exc:
+            raise TrainError(str(exc)) from None
+        return teacher.state_dict() if group.world > 1 else {}
+
+    state = group.share(read)
+    if teacher is None:  # another rank: rank 0's weights, checked there
+        teacher = build_model(arch, num_classes, in_channels=in_channels)
+        teacher.load_state_dict(state)
+        teacher.eval().requires_grad_(False)
+    return teacher
 
 
 def classifier_module(model: nn.Module) -> nn.Linear:
@@ -114,12 +145,16 @@ def classifier_module(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-def init_student(model: nn.Module, path: str, freeze: bool) -> None:
+def init_student(model: nn.Module, path: str, freeze: bool, group: Group = SINGLE) -> None:
     """Load a checkpoint's weights where names and shapes match (a new classifier keeps its own)."""
-    try:
-        state = checkpoint.model_state(checkpoint.load(path))
-    except checkpoint.CheckpointError as exc:
-        raise TrainError(f"student.init: {exc}") from None
+
+    def read() -> dict:  # by rank 0, for every rank
+        try:
+            return checkpoint.model_state(checkpoint.load(path))
+        except checkpoint.CheckpointError as exc:
+            raise TrainError(f"student.init: {exc}") from None
+
+    state = group.share(read)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
@@ -144,32 +179,50 @@ class Setup:
     generator: torch.Generator
     use_bf16: bool
     memory_format: torch.memory_format | None
+    teacher_bf16: bool = False  # train.teacher_dtype: bf16
+    group: Group = SINGLE  # the processes training the run (rrdtui.train.distributed)
+    ddp: nn.Module | None = None  # the student and method in DDP, with several processes (data_parallel)
 
     def amp(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def amp_for(self, model: nn.Module):
+        """The autocast a model runs under: the teacher's own precision (an fp32 teacher runs in fp32
+        even inside the student's bf16 autocast), the student's otherwise."""
+        if model is not self.teacher:
+            return self.amp()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.teacher_bf16)
 
     def train_mode(self) -> None:
         # A frozen backbone (linear probe) keeps its BatchNorm statistics: it stays in eval mode.
         self.student.train(not self.cfg.student.freeze)
 
 
-def build(cfg: Config, teacher_path: str | None = None, data=None, device: torch.device | None = None) -> Setup:
-    """Data, models, method and optimiser for cfg (data may be given, e.g. synthetic by the benchmark)."""
-    device = device or pick_device(cfg.train.device)
+def build(
+    cfg: Config, teacher_path: str | None = None, data=None, device: torch.device | None = None, group: Group = SINGLE
+) -> Setup:
+    """Data, models, method and optimiser for cfg (data may be given, e.g. synthetic by the benchmark).
+
+    With several processes (group), every rank builds the same thing from the same seed: its share
+    of the data, the models, BatchNorm over the global batch (train.sync_bn)."""
+    device = device or process_device(cfg, group)
     torch.manual_seed(cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
-    source = make_source(data if data is not None else load_data(cfg.data), device, cfg)
+    source = make_source(data if data is not None else load_data(cfg.data), device, cfg, group.rank, group.world)
 
     student = build_model(cfg.student.arch, source.num_classes, in_channels=source.channels)
     if cfg.student.init:
-        init_student(student, cfg.student.init, cfg.student.freeze)
+        init_student(student, cfg.student.init, cfg.student.freeze, group)
+    sync_bn = cfg.train.sync_bn and group.world > 1
+    if sync_bn:
+        student = group.convert_batchnorm(student, device)
     student = student.to(device)
     teacher = None
     if cfg.distills:
         if not teacher_path:
             raise TrainError(f"method '{cfg.method.name}' needs a teacher but none was resolved")
-        teacher = load_teacher(cfg.teacher.arch, teacher_path, source.num_classes, source.channels).to(device)
+        teacher = load_teacher(cfg.teacher.arch, teacher_path, source.num_classes, source.channels, group).to(device)
     # channels_last also pays on the CPU (oneDNN convolutions skip their layout reorders): about 20%
     # off a resnet step there (BENCHMARKS.md).
     memory_format = torch.channels_last if (device.type in ("cuda", "cpu") and cfg.train.channels_last) else None
@@ -227,18 +280,24 @@ def build(cfg: Config, teacher_path: str | None = None, data=None, device: torch
                 steps_per_epoch=source.per_epoch,
                 batch_size=cfg.train.batch_size,
                 generator=torch.Generator().manual_seed(cfg.seed + 1),
+                group=group,
             )
         ).to(device)
     except MethodError as exc:
         raise TrainError(f"method {cfg.method.name}: {exc}") from None
+    if sync_bn:
+        method = group.convert_batchnorm(method, device)  # a connector's BatchNorm (FitNet, AB, FT)
     if hasattr(method, "generator"):
         method.generator = generator
     params = [p for p in list(student.parameters()) + list(method.parameters()) if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
-    )
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     use_bf16 = device.type == "cuda" and cfg.train.amp in ("auto", "bf16")
-    return Setup(cfg, device, source, student, teacher, method, optimizer, generator, use_bf16, memory_format)
+    # A bf16 teacher also on the CPU (autocast there too): it emulates the GPU's teacher targets.
+    teacher_bf16 = cfg.train.teacher_dtype == "bf16" and device.type in ("cuda", "cpu")
+    return Setup(
+        cfg, device, source, student, teacher, method, optimizer, generator, use_bf16, memory_format, teacher_bf16,
+        group,
+    )  # fmt: skip
 
 
 def forward_batch(setup: Setup, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, step: int, epoch: int) -> Forward:
@@ -250,12 +309,49 @@ def forward_batch(setup: Setup, x: torch.Tensor, y: torch.Tensor, index: torch.T
     else:
         s_feat, s_logits = setup.student.forward_with_features(x)
     if setup.teacher is not None:
-        with torch.no_grad():
+        with torch.no_grad(), setup.amp_for(setup.teacher):
             if method.wants_maps:
                 t_maps, t_feat, t_logits = setup.teacher.forward_with_maps(x, preact=method.preact)
             else:
                 t_feat, t_logits = setup.teacher.forward_with_features(x)
+        if setup.teacher_bf16 and not setup.use_bf16:  # the method's layers outside autocast are fp32
+            t_feat, t_logits = t_feat.float(), t_logits.float()
+            t_maps = [m.float() for m in t_maps] if t_maps is not None else None
     return Forward(s_feat, s_logits, t_feat, t_logits, y, index, step, epoch, s_maps, t_maps)
+
+
+def batch_loss(setup: Setup, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, step: int, epoch: int):
+    """One batch's weighted loss, its terms and the student's logits."""
+    out = forward_batch(setup, x, y, index, step, epoch)
+    terms = setup.method.terms(out)
+    loss = sum(setup.method.weights[k] * v for k, v in terms.items())
+    return loss, terms, out.student_logits
+
+
+class DataParallelStep(nn.Module):
+    """The student and the method as one module whose forward is batch_loss: what DDP wraps, so the
+    gradients of both are averaged over the ranks during backward. The frozen teacher stays out."""
+
+    def __init__(self, setup: Setup):
+        super().__init__()
+        self.student, self.method = setup.student, setup.method
+        self.loss = functools.partial(batch_loss, setup)
+
+    def forward(self, x, y, index, step: int, epoch: int):
+        return self.loss(x, y, index, step, epoch)
+
+
+def data_parallel(setup: Setup) -> None:
+    """With several processes, wrap the step in DDP (before the main stage: a first stage trains
+    other parameters). Parameters the main optimiser does not train (AB's connectors after their
+    first stage) are frozen first: DDP waits for a gradient of every trainable parameter."""
+    if setup.group.world == 1:
+        return
+    trained = {id(p) for g in setup.optimizer.param_groups for p in g["params"]}
+    for p in list(setup.student.parameters()) + list(setup.method.parameters()):
+        if id(p) not in trained:
+            p.requires_grad_(False)
+    setup.ddp = setup.group.data_parallel(DataParallelStep(setup), setup.device)
 
 
 def train_step(setup: Setup, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, step: int = 0, epoch: int = 0):
@@ -263,10 +359,10 @@ def train_step(setup: Setup, x: torch.Tensor, y: torch.Tensor, index: torch.Tens
     if setup.memory_format is not None:
         x = x.contiguous(memory_format=setup.memory_format)
     with setup.amp():
-        out = forward_batch(setup, x, y, index, step, epoch)
-        s_logits = out.student_logits
-        terms = setup.method.terms(out)
-        loss = sum(setup.method.weights[k] * v for k, v in terms.items())
+        if setup.ddp is None:
+            loss, terms, s_logits = batch_loss(setup, x, y, index, step, epoch)
+        else:  # several processes: the same loss, its gradients averaged over the ranks in backward
+            loss, terms, s_logits = setup.ddp(x, y, index, step, epoch)
     setup.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     setup.optimizer.step()
@@ -300,38 +396,52 @@ def run_first_stage(setup: Setup, stage: FirstStage, reporter: Reporter, stop_fl
                 loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            setup.group.average_gradients(stage.parameters)  # no DDP here: one process, nothing done
             optimizer.step()
             step += 1
             count += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().double()
             if count == cfg.train.log_every or step == 0:
-                values = {f"first/loss_{k}": float(v) / count for k, v in sums.items()}
+                means = setup.group.sum(torch.stack(list(sums.values()))) / setup.group.world
+                values = {f"first/loss_{k}": v / count for k, v in zip(sums, means.tolist())}
                 bad = [k for k, v in values.items() if not math.isfinite(v)]
                 if bad:
                     raise Diverged(f"{bad[0]} became {values[bad[0]]} in the first stage")
                 reporter.log(step - 1, epoch + (i + 1) / source.per_epoch - stage.epochs, values)
                 sums, count = {}, 0
-            if stop_flag() or (step % cfg.train.log_every == 0 and reporter.stop_requested()):
+            if should_stop(setup, stop_flag, reporter, step % cfg.train.log_every == 0):
                 return False
     setup.train_mode()
     return True
 
 
+def should_stop(setup: Setup, stop_flag: Callable[[], bool], reporter: Reporter, row: bool) -> bool:
+    """Stop after this step? One process reads its stop flag (a signal) every step and the store's
+    stop request at each metrics `row`. Several processes decide at the rows only, all together, so
+    every rank stops after the same step (one tiny all-reduce per row)."""
+    if setup.group.world == 1:
+        return stop_flag() or (row and bool(reporter.stop_requested()))
+    return row and setup.group.any(stop_flag() or bool(reporter.stop_requested()))
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, setup: Setup) -> tuple[float, float]:
-    """Top-1 accuracy (%) and mean cross-entropy on the validation set."""
+def evaluate(model: nn.Module, setup: Setup, holdout: bool = False) -> tuple[float, float]:
+    """Top-1 accuracy (%) and mean cross-entropy on the validation set (or the held-out training images)."""
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=setup.device)
     loss_sum = torch.zeros((), device=setup.device, dtype=torch.float64)
-    for x, y in setup.source.val():
-        with setup.amp():
+    source = setup.source
+    batches, n = (source.holdout(), source.n_holdout) if holdout else (source.val(), source.n_val)
+    for x, y in batches:
+        with setup.amp_for(model):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
-    n = setup.source.n_val
+    if setup.group.world > 1:  # each rank evaluated its part of the images
+        correct, loss_sum = setup.group.sum(torch.stack([correct.double(), loss_sum]))
     return float(correct) / n * 100, float(loss_sum) / n
 
 
@@ -339,7 +449,7 @@ def evaluate(model: nn.Module, setup: Setup) -> tuple[float, float]:
 def probe_outputs(model: nn.Module, x: torch.Tensor, setup: Setup) -> tuple[torch.Tensor, torch.Tensor]:
     was_training = model.training
     model.eval()
-    with setup.amp():
+    with setup.amp_for(model):
         feat, logits = model.forward_with_features(x)
     model.train(was_training)
     return feat.float(), logits.float()
@@ -357,29 +467,43 @@ def train(
     teacher_path: str | None = None,
     resume: bool = False,
     stop_flag: Callable[[], bool] = lambda: False,
+    group: Group = SINGLE,
 ) -> Outcome:
     """Train cfg's student (from teacher_path's teacher when the method distils) and report.
 
     Returns the outcome (completed or stopped); raises TrainError, DataError or Diverged otherwise.
+    With several processes every rank calls this with the same arguments; only rank 0 is given the
+    store's reporter and writes files (the others report to a Reporter(), which does nothing).
     """
     run_dir = Path(run_dir)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    writer = group.rank == 0
 
     # A resumed run continues from its last checkpoint; metric rows past that step are dropped
-    # first, so its history has no duplicate and no gap.
+    # first, so its history has no duplicate and no gap. Rank 0 reads it for every rank.
     resume_state = None
-    if resume and last_path.exists():
-        resume_state = checkpoint.load(last_path)
-        reporter.truncate(resume_state["step"])
-    elif resume:
-        reporter.truncate(-1)
+    if resume:
+        resume_state = group.share(lambda: checkpoint.load(last_path) if last_path.exists() else None)
+        reporter.truncate(resume_state["step"] if resume_state is not None else -1)
 
-    setup = build(cfg, teacher_path)
+    setup = build(cfg, teacher_path, group=group)
+    from rrdtui.train.graphs import make_step  # here: graphs imports this module
+
+    step_fn = make_step(setup)  # train_step, or its CUDA-graph replay (train.cuda_graphs)
     device, source, student, teacher, method, optimizer = (
         setup.device, setup.source, setup.student, setup.teacher, setup.method, setup.optimizer
     )  # fmt: skip
-    reporter.progress(env=json.dumps(environment(device)))
-    probe_x, probe_y = source.probe(cfg.data.probe_size)
+    if writer:
+        # The run's scale is stored with it: processes, global and per-process batch, learning rate.
+        scale = {"world_size": group.world, "batch_size": cfg.train.batch_size, "lr": cfg.lr}
+        scale["per_process_batch"] = cfg.train.batch_size // group.world
+        reporter.progress(env=json.dumps({**environment(device), **scale}))
+    # The probe comes from the validation (test) split even with a holdout: its statistics describe
+    # teacher and student and choose nothing, and the same images serve every run of the data.
+    probe_x, probe_y = source.probe(cfg.data.probe_size, cfg.data.data_seed)
+    # With data.holdout the best epoch is chosen on held-out training images (val/*) and the data
+    # set's own validation split, never used to choose, is reported as the test set (test/*).
+    holdout = source.n_holdout > 0
 
     # -- teacher preflight: its accuracy on our validation set, before any student step --------
     teacher_probe = None
@@ -406,8 +530,7 @@ def train(
     # Device-side accumulators, read every log_every steps (one synchronisation per interval).
     names = ["loss"] + [f"loss_{k}" for k in method.weights]
     interval = torch.zeros(len(names) + 1, device=device, dtype=torch.float64)  # terms + correct
-    epoch_correct = torch.zeros((), device=device, dtype=torch.float64)
-    epoch_seen = 0
+    epoch_correct, epoch_seen = 0.0, 0  # of the intervals read so far this epoch (every rank's)
     interval_steps, interval_images, interval_start = 0, 0, time.perf_counter()
     if resume_state is not None:
         state = resume_state
@@ -421,13 +544,28 @@ def train(
         if state.get("interval") is not None:  # stopped mid-interval: carry on with its sums
             held = state["interval"]
             interval.copy_(held["sums"])
-            epoch_correct.copy_(held["epoch_correct"])
+            epoch_correct = float(held["epoch_correct"])
             interval_steps, interval_images, epoch_seen = held["steps"], held["images"], held["epoch_seen"]
             interval_start -= held["elapsed"]
+            if "world_size" not in state:  # written before epoch sums were taken per interval
+                epoch_correct, epoch_seen = epoch_correct - float(held["sums"][-1]), epoch_seen - interval_images
+            if not writer:  # rank 0 alone carries the sums (several processes stop between intervals)
+                interval.zero_()
+                interval_images = 0
         reporter.event("info", f"resumed from epoch {epoch}, step {step}")
         log.info("resumed from epoch %d, step %d", epoch, step)
+        saved_world = state.get("world_size", 1)
+        if saved_world != group.world:  # asked for (rrdtui resume --nproc): the step is the same
+            message = (
+                f"resumed with {group.world} processes (it had {saved_world}): "
+                f"{cfg.train.batch_size // group.world} images per process (was {cfg.train.batch_size // saved_world})"
+            )
+            log.warning(message)
+            reporter.event("warning", message)
 
     def save(next_epoch: int, next_batch: int, current_perm: torch.Tensor | None) -> None:
+        if not writer:
+            return
         reporter.flush()  # every metric up to `step` is stored before the checkpoint that follows it
         checkpoint.save_atomic(
             {
@@ -438,7 +576,7 @@ def train(
                     "steps": interval_steps,
                     "images": interval_images,
                     "elapsed": time.perf_counter() - interval_start,
-                    "epoch_correct": epoch_correct.cpu(),
+                    "epoch_correct": epoch_correct,
                     "epoch_seen": epoch_seen,
                 },
                 "model": student.state_dict(),
@@ -454,6 +592,7 @@ def train(
                 "arch": cfg.student.arch,
                 "num_classes": source.num_classes,
                 "config": cfg.to_dict(),
+                "world_size": group.world,
             },
             last_path,
         )
@@ -465,18 +604,26 @@ def train(
         "training %s (%s) on %s, %d epochs of %d steps, device %s",
         cfg.student.arch, cfg.method.name, cfg.data.name, cfg.train.epochs, source.per_epoch, device,
     )  # fmt: skip
+    if holdout:
+        log.info("best epoch chosen on %d held-out training images; the validation split is test/*", source.n_holdout)
 
     def read_interval() -> None:
-        nonlocal interval_steps, interval_images, interval_start
-        values = interval.tolist()
+        nonlocal interval_steps, interval_images, interval_start, epoch_correct, epoch_seen
+        if group.world == 1:
+            values, images = interval.tolist(), interval_images
+        else:  # every rank's sums: the terms are means over equal shares, so their mean is the batch's
+            values = group.sum(torch.cat([interval, interval.new_tensor([interval_images])])).tolist()
+            images = int(values.pop())
         elapsed = time.perf_counter() - interval_start
-        averages = {f"train/{n}": v / interval_steps for n, v in zip(names, values[:-1])}
+        averages = {f"train/{n}": v / (interval_steps * group.world) for n, v in zip(names, values[:-1])}
         bad = [n for n, v in averages.items() if not math.isfinite(v)]
         if bad:
             raise Diverged(f"{bad[-1]} became {averages[bad[-1]]} by step {step}")
-        averages["train/acc"] = values[-1] / interval_images * 100
+        averages["train/acc"] = values[-1] / images * 100
         averages["train/lr"] = optimizer.param_groups[0]["lr"]
-        averages["train/throughput"] = interval_images / max(elapsed, 1e-9)
+        averages["train/throughput"] = images / max(elapsed, 1e-9)  # every process's images
+        epoch_correct += values[-1]
+        epoch_seen += images
         reporter.log(step, step / source.per_epoch, averages)
         reporter.progress(step=step)
         interval.zero_()
@@ -484,7 +631,7 @@ def train(
 
     # A stop that came while the run was being built (data, models, teacher check) ends it here,
     # before any step: the checkpoint it resumes from, if any, is the one it started from.
-    stopping = stop_flag() or reporter.stop_requested()
+    stopping = should_stop(setup, stop_flag, reporter, True)
     stage = method.first_stage(student) if resume_state is None and not stopping else None
     if stage is not None:
         stopping = not run_first_stage(setup, stage, reporter, stop_flag)
@@ -494,32 +641,27 @@ def train(
     if stopping:
         reporter.event("info", f"stopped at epoch {epoch}, step {step}, before training; resumable")
         log.info("stopped before training (epoch %d, step %d)", epoch, step)
+    data_parallel(setup)
     val_acc = None
     while epoch < cfg.train.epochs and not stopping:
         lr = learning_rate(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr
         if perm is None:
             perm = source.permutation(setup.generator)
             start_batch = 0
-            epoch_correct.zero_()
-            epoch_seen = 0
+            epoch_correct, epoch_seen = 0.0, 0
         for i, (x, y, index) in enumerate(source.epoch(perm, start_batch, setup.generator), start=start_batch):
-            loss, terms, correct = train_step(setup, x, y, index, step, epoch)
+            loss, terms, correct = step_fn(setup, x, y, index, step, epoch)
             step += 1
             interval += torch.stack(
                 [loss.detach().double()] + [terms[k].detach().double() for k in method.weights] + [correct.double()]
             )
-            epoch_correct += correct
-            epoch_seen += index.shape[0]
             interval_steps += 1
             interval_images += index.shape[0]
             if step % cfg.train.log_every == 0:
                 read_interval()
-                if reporter.stop_requested():
-                    stopping = True
-            if stop_flag():
-                stopping = True
+            stopping = should_stop(setup, stop_flag, reporter, step % cfg.train.log_every == 0)
             if stopping:
                 save(epoch, i + 1, perm)
                 reporter.event("info", f"stopped at epoch {epoch}, step {step}; resumable")
@@ -533,12 +675,16 @@ def train(
         # -- end of epoch: evaluate, similarity statistics, checkpoint ------------------------
         epoch += 1
         perm = None
-        val_acc, val_loss = evaluate(student, setup)
+        if group.world > 1 and not cfg.train.sync_bn:
+            group.broadcast_buffers(student)  # each rank's BatchNorm statistics differ: rank 0's serve
+        val_acc, val_loss = evaluate(student, setup, holdout)
         values = {
             "val/acc": val_acc,
             "val/loss": val_loss,
-            "train/epoch_acc": float(epoch_correct) / max(epoch_seen, 1) * 100,
+            "train/epoch_acc": epoch_correct / max(epoch_seen, 1) * 100,
         }
+        if holdout:
+            values["test/acc"], values["test/loss"] = evaluate(student, setup)
         if teacher_probe is not None:
             s_feat, s_logits = probe_outputs(student, probe_x, setup)
             t_feat, t_logits = teacher_probe
@@ -552,14 +698,14 @@ def train(
         log.info(
             "epoch %d/%d  lr %.4g  val/acc %.2f  val/loss %.4f%s",
             epoch, cfg.train.epochs, lr, val_acc, val_loss,
-            "".join(f"  {k} {v:.4g}" for k, v in values.items() if k.startswith(("sim/", "rrd/"))),
+            "".join(f"  {k} {v:.4g}" for k, v in values.items() if k.startswith(("test/", "sim/", "rrd/"))),
         )  # fmt: skip
         if not math.isfinite(val_loss):
             raise Diverged(f"val/loss became {val_loss} at epoch {epoch}")
         save(epoch, 0, None)
-        if improved:
+        if improved and writer:
             checkpoint.save_atomic({"model": student.state_dict(), "epoch": epoch, "val_acc": val_acc}, best_path)
-        if stop_flag() or reporter.stop_requested():
+        if should_stop(setup, stop_flag, reporter, True):
             stopping = epoch < cfg.train.epochs
             if stopping:
                 reporter.event("info", f"stopped after epoch {epoch}; resumable")
@@ -567,7 +713,7 @@ def train(
     if stopping:
         return Outcome("stopped", {"best_acc": best_acc})
     if val_acc is None:  # resumed after the last epoch's checkpoint: nothing left to train
-        val_acc, _ = evaluate(student, setup)
+        val_acc, _ = evaluate(student, setup, holdout)
     if teacher_probe is not None:
         s_feat, s_logits = probe_outputs(student, probe_x, setup)
         diff = logit_correlation_difference(s_logits, teacher_probe[1], probe_y, source.num_classes)

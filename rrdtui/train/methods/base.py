@@ -12,7 +12,7 @@ memory it multiplied by, so changing it in place before backward would corrupt t
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from rrdtui.config import MethodConfig
 from rrdtui.losses import kd_loss
 from rrdtui.registry import MethodInfo, method_info
+from rrdtui.train.distributed import SINGLE, Group
 
 
 class MethodError(Exception):
@@ -60,6 +61,7 @@ class Context:
     steps_per_epoch: int
     batch_size: int
     generator: torch.Generator  # CPU, for the initial values of memories and heads
+    group: Group = SINGLE  # the processes training the run (each sees its share of the batch)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -111,6 +113,7 @@ class Method(nn.Module):
         super().__init__()
         self.cfg = ctx.cfg
         self.info = ctx.info
+        self.group = ctx.group
         self.weights = {"ce": ctx.cfg.gamma}
         if ctx.cfg.alpha > 0:
             self.weights["kd"] = ctx.cfg.alpha
@@ -133,6 +136,12 @@ class Method(nn.Module):
 
     def after_step(self) -> None:
         """Update memories with the step's embeddings (after backward)."""
+
+    def gathered(self, tensor: torch.Tensor) -> torch.Tensor:
+        """What a memory takes from this step: with several processes, the rows of every rank in rank
+        order, the whole global batch (method.gather, as MoCo's concat_all_gather); this rank's own
+        rows with method.gather false (a memory per process). One process: the batch itself."""
+        return self.group.gather(tensor) if self.cfg.gather else tensor
 
     def probe_stats(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Method-specific statistics on the fixed probe set."""

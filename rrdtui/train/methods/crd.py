@@ -38,8 +38,12 @@ class CRD(Method):
         self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _normalise(self, scores: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        # Z is fixed once, at the first step, without a host synchronisation.
-        first = scores.detach().mean() * self.memory.n_data
+        # Z is fixed once, at the first step, without a host synchronisation; from the global batch's
+        # mean when the memory is shared (equal shares: the mean of the ranks' means).
+        mean = scores.detach().mean()
+        if self.cfg.gather and self.group.world > 1:
+            mean = self.group.sum(mean.reshape(1)).squeeze(0) / self.group.world
+        first = mean * self.memory.n_data
         z.copy_(torch.where(z < 0, first, z))
         return scores / z
 
@@ -47,7 +51,7 @@ class CRD(Method):
         terms = super().terms(out)
         v_s = self.student_head(out.student_feat)
         v_t = self.teacher_head(out.teacher_feat)
-        idx = self.sampler.sample(out.index, self.cfg.crd_negatives, generator=self.generator)
+        idx = self._negatives(out.index)
         # Teacher anchor against the student bank, and student anchor against the teacher bank.
         scores_t = crd_scores(v_t, self.memory.student_bank[idx], self.cfg.crd_nce_t)
         scores_s = crd_scores(v_s, self.memory.teacher_bank[idx], self.cfg.crd_nce_t)
@@ -58,9 +62,18 @@ class CRD(Method):
         self._pending = (out.index, v_s.detach(), v_t.detach())
         return terms
 
+    def _negatives(self, index: torch.Tensor) -> torch.Tensor:
+        if not (self.cfg.gather and self.group.world > 1):
+            return self.sampler.sample(index, self.cfg.crd_negatives, generator=self.generator)
+        # Drawn for the global batch with the generator every rank shares, as one process draws
+        # them; this rank's rows are kept.
+        first = self.group.rank * index.shape[0]
+        drawn = self.sampler.sample(self.group.gather(index), self.cfg.crd_negatives, generator=self.generator)
+        return drawn[first : first + index.shape[0]]
+
     def after_step(self) -> None:
         if self._pending is not None:
-            self.memory.update(*self._pending)
+            self.memory.update(*(self.gathered(t) for t in self._pending))
             self._pending = None
 
 

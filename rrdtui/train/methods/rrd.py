@@ -49,7 +49,7 @@ class RRD(Method):
         t = self.teacher_embedding(out.teacher_feat)
         if self.cfg.enqueue == "before":
             # 2025 variant: the sample's own key is in the queue (InfoNCE as tau_t -> 0).
-            self.queue.enqueue(t)
+            self.queue.enqueue(self.gathered(t))
         else:
             self._pending = t.detach()
         terms["rrd"] = rrd_loss(
@@ -59,7 +59,7 @@ class RRD(Method):
 
     def after_step(self) -> None:
         if self._pending is not None:
-            self.queue.enqueue(self._pending)
+            self.queue.enqueue(self.gathered(self._pending))
             self._pending = None
 
     @torch.no_grad()

@@ -20,6 +20,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane, Tabs
 
+from rrdtui.config import world_summary
 from rrdtui.plotting import Curve, Figure, Ref
 from rrdtui.ownership import RESUMABLE
 from rrdtui.runfilter import run_note, run_tags
@@ -357,7 +358,7 @@ class DetailScreen(Screen):
             ("preset", run.get("preset")), ("group", run.get("grp")),
             ("created", fmt_time(run.get("created"))), ("started", fmt_time(run.get("started"))),
             ("ended", fmt_time(run.get("ended"))), ("pid", f"{run.get('pid') or '-'} on {run.get('host') or '-'}"),
-            ("run dir", run.get("run_dir")),
+            ("run dir", run.get("run_dir")), ("scale", world_summary(self._config())),
         ]  # fmt: skip
         facts = Text("\n").join(
             Text.assemble((f"{key:>8} ", "dim"), (str(value), "red" if key == "error" else ""))
