@@ -882,7 +882,7 @@ def study(
 ) -> None:
     """Run a study: every combination of its grid, for each seed. Re-run it to continue: completed runs
     are kept, stopped or crashed ones resumed, missing ones started."""
-    from rrdtui.studies.runner import Runner, install_signals, placement, prepare, spawn_runner
+    from rrdtui.studies.runner import TEACHER_ROLE, Runner, install_signals, placement, prepare, spawn_runner
     from rrdtui.studies.spec import load_study
 
     spec = load_study(study_file, set_ or [])
@@ -890,10 +890,13 @@ def study(
     store = open_store(runs)
     created, resumed = prepare(store, spec)
     rows = store.study_runs(spec.name)
-    done = sum(r["status"] == "completed" for r in rows)
+    members = [r for r in rows if r["study_point"] != TEACHER_ROLE]
+    done = sum(r["status"] == "completed" for r in members)
+    teachers = len(rows) - len(members)
     typer.echo(
         f"study {spec.name}: {len(spec.points)} runs ({done} completed, {len(resumed)} to resume, "
-        f"{len(created)} new incl. teachers), {place.slots} at a time",
+        f"{sum(r['id'] in created for r in members)} new)" + (f" and {teachers} teacher run{'s' if teachers > 1 else ''}" if teachers else "")
+        + f", {place.slots} at a time",
         err=detach,
     )
     if not created and not resumed and not any(r["status"] in ("queued", "running") for r in rows):

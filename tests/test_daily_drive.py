@@ -17,7 +17,7 @@ from rrdtui.config import ConfigError, load_preset
 from rrdtui.launcher import launch
 from rrdtui.store import Store
 
-from conftest import TINY_DATA, TINY_TRAIN, write_preset
+from conftest import TINY_DATA, TINY_TRAIN, run, write_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -396,19 +396,13 @@ def trained(tmp_path_factory):
     """One tiny completed run (resnet8, 1 epoch on the synthetic data), trained in process as the
     trainer trains it."""
     from rrdtui.config import from_mapping
-    from rrdtui.store import RunReporter
-    from rrdtui.train.loop import train
 
-    runs = tmp_path_factory.mktemp("daily") / "runs"
+    folder = tmp_path_factory.mktemp("daily")
     cfg = from_mapping({"name": "tiny", "data": TINY_DATA, "student": {"arch": "resnet8"}, "method": {"name": "none"},
                         "optim": {"lr": 0.05, "milestones": [1]}, "train": {**TINY_TRAIN, "epochs": 1}}, "test")  # fmt: skip
-    store = Store(runs)
-    run_id = store.create_run(cfg.to_dict(), config_hash=cfg.fingerprint())
-    reporter = RunReporter(store, run_id)
-    reporter.start()
-    outcome = train(cfg, runs / run_id, reporter)
-    reporter.finish(outcome.status)
+    _, run_id, outcome = run(folder, cfg)
     assert outcome.status == "completed"
+    runs = folder / "runs"
     return {"runs": runs, "id": run_id}
 
 

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,23 +21,13 @@ import torch
 from rrdtui.store import Store
 
 from conftest import write_preset
+from test_lifecycle import wait_for
 
 
 def cli(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "rrdtui.cli", *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd
     )
-
-
-def wait_for(predicate, seconds: float = 600, what: str = "condition"):
-    # `seconds` guards against a hang; it is no speed bound.
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- the same training on 1 and 2 processes ------------------------------------------------------

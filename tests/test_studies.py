@@ -165,7 +165,7 @@ def test_a_killed_study_resumes_its_runs_when_re_run_and_a_stopped_study_stops_e
     # Both crashed: the killed one, and the queued one its runner owned.
     again = cli("study", path, "--detach", "--runs", runs)
     assert again.returncode == 0, again.stderr
-    assert "2 to resume, 0 new" in again.stderr, again.stderr
+    assert "2 to resume, 0 new)" in again.stderr, again.stderr
     wait_for(lambda: any(e["message"].startswith("resumed from epoch") for e in store.events(victim["id"])),
              what="the crashed run to resume from its checkpoint")  # fmt: skip
     assert cli("stop", name, "--runs", runs).returncode == 0
