@@ -423,12 +423,10 @@ def shown_config(row: dict, config: dict) -> dict:
 
 
 def teacher_check(store: Store, run_id: str) -> str | None:
-    """The trainer's TEACHER CHECK warning for a run (its teacher measured more than a point below
-    teacher.expected_acc), as the trainer wrote it in the run's events; None when there is none."""
-    for event in store.events(run_id):
-        if event["level"] == "warning" and event["message"].startswith("TEACHER CHECK"):
-            return event["message"]
-    return None
+    """The trainer's TEACHER CHECK warning for a run, or None (rrdtui.store.teacher_check_warning)."""
+    from rrdtui.store import teacher_check_warning
+
+    return teacher_check_warning(store.events(run_id))
 
 
 @app.command()

@@ -203,6 +203,15 @@ def m005_studies(db: sqlite_utils.Database) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def teacher_check_warning(events: list[dict[str, Any]]) -> str | None:
+    """The trainer's TEACHER CHECK warning among a run's events (its teacher measured more than a
+    point below teacher.expected_acc), or None: for `run`, `show` and the dashboard alike."""
+    for event in events:
+        if event["level"] == "warning" and event["message"].startswith("TEACHER CHECK"):
+            return event["message"]
+    return None
+
+
 def _now() -> float:
     return time.time()
 

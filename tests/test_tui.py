@@ -914,3 +914,16 @@ def test_the_start_up_benchmark_runs_beside_a_bare_textual_app(tmp_path, capsys)
     main(["--runs", "120", "--rows", "3000", "--repeats", "1", "--start-only"])
     out = capsys.readouterr().out
     assert "bare Textual table of 100 rows drawn" in out and "x the bare app" in out
+
+
+async def test_detail_shows_the_teacher_check(app, runs_dir):
+    """A teacher measured far below teacher.expected_acc (the trainer's TEACHER CHECK warning) is in
+    the run's head, where the user looks, not only in its events."""
+    warning = "TEACHER CHECK: measured 41.00% but teacher.expected_acc is 75.61% (more than 1 point lower)"
+    store = Store(runs_dir)
+    store.event("e0000005", "warning", warning)
+    store.close()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_detail(pilot, "e0000005")
+        head = screen.query_one("#detail-head")
+        await wait_for(pilot, lambda: "TEACHER CHECK" in "".join(widget_lines(head)), "the teacher check in the head")

@@ -296,6 +296,11 @@ class DetailScreen(Screen):
         lines = [line1, line2, line3]
         if self.note:
             lines.append(Text(f"note: {self.note}", style="italic"))
+        from rrdtui.store import teacher_check_warning  # loaded by the reader by now: not at start-up
+
+        check = teacher_check_warning(self.events)
+        if check:
+            lines.append(Text(check, style="yellow"))
         if run.get("error") and status not in ACTIVE:
             lines.append(Text(run["error"].splitlines()[0], style="red"))
         head.update(Text("\n").join(lines))
