@@ -277,8 +277,8 @@ class Runner:
             self.children[row["id"]] = (proc, device)
             where = f" on cuda:{device}" if device is not None else ""
             self.say(f"{row['id']} started {_point_label(row)}{where}" + self._tally())
-        left = [r for r in self.store.study_runs(self.name) if r["status"] in ACTIVE]
-        return bool(self.children or left)
+        # The rows read above still say what is left: a run started just now was queued in them.
+        return bool(self.children or any(r["status"] in ACTIVE for r in rows))
 
     def _tally(self) -> str:
         return " [" + _progress(_counts(self.store.study_runs(self.name))) + "]"
